@@ -1,0 +1,216 @@
+#include "cli.h"
+
+#include "config.h"
+#include "daemon.h"
+#include "git.h"
+#include "log.h"
+#include "marker.h"
+#include "state_store.h"
+
+#include <CLI/CLI.hpp>
+#include <boost/json.hpp>
+
+#include <pwd.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+
+namespace sentinel {
+namespace fs = std::filesystem;
+namespace json = boost::json;
+
+namespace {
+
+constexpr int kExitUsage = 64;
+constexpr const char* kDefaultConfig = "/etc/deploy-sentinel.toml";
+
+/// "leopard@host" for the marker's staged_by.
+std::string who_stages() {
+  std::string user;
+  if (const passwd* pw = ::getpwuid(::getuid())) user = pw->pw_name;
+  if (user.empty()) user = "uid " + std::to_string(::getuid());
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  return user + "@" + host;
+}
+
+/// The target a command is about: the one named, or the only one.
+const TargetConfig& pick_target(const Config& config, const std::string& name) {
+  if (!name.empty()) {
+    if (const TargetConfig* target = config.find_target(name)) return *target;
+    throw StartupError("no target named \"" + name + "\" in " + config.source.string());
+  }
+  if (config.targets.size() == 1) return config.targets.front();
+  std::string names;
+  for (const auto& target : config.targets) names += (names.empty() ? "" : ", ") + target.name;
+  throw StartupError("the config has several targets (" + names + "): choose one with --target");
+}
+
+int check_config(const std::string& path) {
+  Config config = load_config(path);
+  std::cout << path << ": ok, " << config.targets.size() << " target" << (config.targets.size() == 1 ? "" : "s")
+            << "\n";
+  return 0;
+}
+
+int stage(const std::string& config_path, const std::string& target_name, std::string commit,
+          const std::string& message) {
+  Config config = load_config(config_path);
+  const TargetConfig& target = pick_target(config, target_name);
+  HeadCommit head = git_head_now(target.checkout);
+  if (!head.error.empty()) throw StartupError(head.error);
+  if (!commit.empty() && !head.commit.starts_with(commit)) {
+    throw StartupError("commit " + commit + " is not the checkout's HEAD (" + head.commit +
+                       "): the sentinel deploys what is checked out, so commit or check it out first");
+  }
+  Marker marker{head.commit, who_stages(), format_utc(std::chrono::system_clock::now()), message, {}};
+  const fs::path file = target.marker_dir / marker_file::ready;
+  boost::system::error_code ec;
+  if (std::string old = read_small_file(file, ec); !ec) {
+    std::cerr << "deploy-sentinel: replacing a staged deploy that had not started yet: " << old;
+  }
+  // Durable: the agent takes "staged" as a promise, so it must survive a power cut.
+  if (auto err = write_file_atomic(file, marker_json(marker), true)) {
+    throw StartupError("cannot write " + file.string() + ": " + err.message());
+  }
+  std::cout << "staged " << head.commit << " for " << target.name << " (" << file.string() << ")\n";
+  return 0;
+}
+
+/// What `status` knows of one target, from state_dir and the marker directory.
+json::object target_status(const StateStore& store, const TargetConfig& target, bool running) {
+  auto status = store.read_status(target.name).value_or(TargetStatus{});
+  auto here = [&](std::string_view name) {
+    std::error_code ec;
+    return fs::symlink_status(target.marker_dir / name, ec).type() != fs::file_type::not_found;
+  };
+  json::object obj;
+  obj["name"] = target.name;
+  obj["phase"] = running ? (status.phase.empty() ? "starting" : status.phase) : "not-running";
+  obj["since"] = status.since;
+  obj["commit"] = status.commit;
+  obj["detail"] = status.detail;
+  obj["last_known_good"] = store.known_good(target.name);
+  obj["staged"] = here(marker_file::ready);
+  obj["in_progress"] = here(marker_file::in_progress);
+  obj["quarantined"] = here(marker_file::failed);
+  if (status.last_outcome) {
+    const Outcome& o = *status.last_outcome;
+    obj["last_outcome"] = {{"result", o.result}, {"commit", o.commit}, {"reason", o.reason}, {"at", o.at}};
+  } else {
+    obj["last_outcome"] = nullptr;
+  }
+  return obj;
+}
+
+int status(const std::string& config_path, bool as_json) {
+  Config config = load_config(config_path);
+  StateStore store(config.state_dir);
+  auto pid = InstanceLock::holder(config.state_dir);
+  json::array targets;
+  for (const auto& target : config.targets) targets.push_back(target_status(store, target, pid.has_value()));
+  if (as_json) {
+    json::object doc{{"running", pid.has_value()}, {"targets", std::move(targets)}};
+    doc["pid"] = pid ? json::value(*pid) : json::value(nullptr);
+    std::cout << json::serialize(doc) << "\n";
+    return 0;
+  }
+  std::cout << "deploy-sentinel: " << (pid ? "running as pid " + std::to_string(*pid) : std::string("not running"))
+            << " (state in " << config.state_dir.string() << ")\n";
+  for (const auto& value : targets) {
+    const auto& t = value.as_object();
+    auto str = [&](std::string_view key) { return std::string(t.at(key).as_string()); };
+    std::cout << "\n" << str("name") << ": " << str("phase");
+    if (!str("since").empty() && pid) std::cout << " since " << str("since");
+    if (!str("commit").empty()) std::cout << " (" << str("commit").substr(0, 12) << ")";
+    if (!str("detail").empty()) std::cout << ": " << str("detail");
+    std::cout << "\n  last known-good: " << (str("last_known_good").empty() ? "none yet" : str("last_known_good"))
+              << "\n";
+    if (t.at("last_outcome").is_object()) {
+      const auto& o = t.at("last_outcome").as_object();
+      std::cout << "  last outcome:    " << json::value_to<std::string>(o.at("result")) << " "
+                << json::value_to<std::string>(o.at("commit")).substr(0, 12) << " at "
+                << json::value_to<std::string>(o.at("at"));
+      if (auto reason = json::value_to<std::string>(o.at("reason")); !reason.empty()) std::cout << ": " << reason;
+      std::cout << "\n";
+    }
+    if (t.at("staged").as_bool()) std::cout << "  a deploy is staged (" << marker_file::ready << ")\n";
+    if (t.at("quarantined").as_bool()) {
+      std::cout << "  QUARANTINED: read and remove " << marker_file::failed << " in the marker directory\n";
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int run_cli(int argc, char** argv) {
+  CLI::App app{
+      "deploy-sentinel: restarts a production service when its agent stages a deploy, never during an agent's\n"
+      "cycle; verifies health and reverts to the last known-good commit when the new one is unhealthy."};
+  app.set_version_flag("--version", std::string("deploy-sentinel ") + SENTINEL_VERSION);
+  app.require_subcommand(1);
+  app.footer(
+      "Examples:\n"
+      "  deploy-sentinel check-config /etc/deploy-sentinel.toml\n"
+      "  deploy-sentinel run --config /etc/deploy-sentinel.toml\n"
+      "  deploy-sentinel stage --config /etc/deploy-sentinel.toml --message \"faster search\"\n"
+      "  deploy-sentinel status --config /etc/deploy-sentinel.toml --json\n"
+      "Files the agent reads in its marker directory: .deploy-reverted (why a deploy was undone),\n"
+      ".deploy-rejected (why a marker was refused), .deploy-failed (revert failed; remove to resume).");
+
+  std::string config_path = kDefaultConfig;
+  auto* run = app.add_subcommand("run", "Run the daemon in the foreground (as the systemd service does).");
+  run->add_option("-c,--config", config_path, "Config file")->capture_default_str();
+
+  std::string check_path;
+  auto* check = app.add_subcommand(
+      "check-config", "Validate a config file: prints FILE:LINE:COL: key: problem and exits 78 when invalid.");
+  check->add_option("file", check_path, "Config file to check")->required();
+
+  std::string target_name, commit, message;
+  auto* stage_cmd = app.add_subcommand(
+      "stage", "Stage a deploy of the checkout's HEAD: writes .deploy-ready atomically for the daemon to pick up.");
+  stage_cmd->add_option("-c,--config", config_path, "Config file")->capture_default_str();
+  stage_cmd->add_option("-t,--target", target_name, "Target to deploy (needed when the config has several)");
+  stage_cmd->add_option("--commit", commit,
+                        "Commit you expect to deploy (full or abbreviated SHA); refused unless it is HEAD");
+  stage_cmd->add_option("-m,--message", message, "Why: shown in logs, status and history");
+
+  bool as_json = false;
+  auto* status_cmd = app.add_subcommand(
+      "status", "Show what each target is doing and why, its last known-good commit and last outcome. Works "
+                "whether or not the daemon runs.");
+  status_cmd->add_option("-c,--config", config_path, "Config file")->capture_default_str();
+  status_cmd->add_flag("--json", as_json,
+                       "One JSON object: {\"running\",\"pid\",\"targets\":[{\"name\",\"phase\",\"last_known_good\","
+                       "\"last_outcome\",...}]}");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);
+    return code == 0 ? 0 : kExitUsage;
+  }
+
+  try {
+    if (*check) return check_config(check_path);
+    if (*stage_cmd) return stage(config_path, target_name, commit, message);
+    if (*status_cmd) return status(config_path, as_json);
+    Config config = load_config(config_path);
+    setup_logging(config.log_level);
+    return run_daemon(config);
+  } catch (const ConfigError& e) {
+    std::fprintf(stderr, "%s\n", e.what());  // FILE:LINE:COL first, as compilers do
+    return e.exit_code();
+  } catch (const StartupError& e) {
+    std::fprintf(stderr, "deploy-sentinel: %s\n", e.what());
+    return e.exit_code();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "deploy-sentinel: %s\n", e.what());
+    return 1;
+  }
+}
+
+}  // namespace sentinel

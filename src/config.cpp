@@ -1,0 +1,571 @@
+#include "config.h"
+
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <numeric>
+#include <span>
+#include <utility>
+
+namespace sentinel {
+
+const TargetConfig* Config::find_target(std::string_view name) const {
+  const auto found =
+      std::find_if(targets.begin(), targets.end(),
+                   [name](const TargetConfig& target) { return target.name == name; });
+  return found == targets.end() ? nullptr : &*found;
+}
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::string_view_literals;
+
+constexpr std::string_view kDefaultStateDir = "/var/lib/deploy-sentinel";
+constexpr Duration kDefaultBuildTimeout = 15min;
+constexpr std::size_t kMaxTargetNameLength = 64;
+constexpr std::size_t kMaxSuggestionDistance = 2;
+
+constexpr std::string_view kCommandExample = R"(["systemctl", "restart", "app"])";
+constexpr std::string_view kUrlExample = R"("http://127.0.0.1:8080/health")";
+
+using KeyList = std::span<const std::string_view>;
+
+constexpr std::array kTopLevelKeys{"sentinel"sv, "target"sv};
+constexpr std::array kSentinelKeys{"state_dir"sv, "log_level"sv};
+constexpr std::array kTargetKeys{"name"sv,  "marker_dir"sv, "checkout"sv, "restart"sv,
+                                 "build"sv, "health"sv,     "idle"sv};
+constexpr std::array kCommandSpecKeys{"command"sv, "timeout"sv, "kill_grace"sv};
+constexpr std::array kHealthKeys{"url"sv,      "command"sv,   "timeout"sv, "grace"sv,
+                                 "interval"sv, "successes"sv, "deadline"sv};
+constexpr std::array kIdleKeys{"command"sv, "interval"sv, "quiet"sv, "timeout"sv};
+constexpr std::array kLogLevels{"trace"sv, "debug"sv,    "info"sv, "warn"sv,
+                                "error"sv, "critical"sv, "off"sv};
+
+/// `text` in double quotes, with quotes, backslashes and control characters escaped.
+std::string in_quotes(std::string_view text) {
+  std::string out = "\"";
+  for (const char c : text) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      char escape[8];
+      std::snprintf(escape, sizeof escape, "\\u%04x", static_cast<unsigned>(c));
+      out += escape;
+    } else {
+      out += c;
+    }
+  }
+  return out + "\"";
+}
+
+/// `key` as a user writes it in TOML: bare when it can be, quoted otherwise.
+std::string display_key(std::string_view key) {
+  const bool bare = !key.empty() && std::all_of(key.begin(), key.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
+  });
+  return bare ? std::string(key) : in_quotes(key);
+}
+
+/// "a string", "an integer", ... for messages about a value of the wrong type.
+std::string_view describe_type(toml::node_type type) {
+  switch (type) {
+    case toml::node_type::table:
+      return "a table";
+    case toml::node_type::array:
+      return "an array";
+    case toml::node_type::string:
+      return "a string";
+    case toml::node_type::integer:
+      return "an integer";
+    case toml::node_type::floating_point:
+      return "a floating-point number";
+    case toml::node_type::boolean:
+      return "a boolean";
+    case toml::node_type::date:
+      return "a date";
+    case toml::node_type::time:
+      return "a time";
+    case toml::node_type::date_time:
+      return "a date-time";
+    case toml::node_type::none:
+      break;
+  }
+  return "nothing";
+}
+
+/// The Levenshtein distance: single-character insertions, deletions and substitutions.
+std::size_t edit_distance(std::string_view from, std::string_view to) {
+  std::vector<std::size_t> previous(to.size() + 1);
+  std::vector<std::size_t> current(to.size() + 1);
+  std::iota(previous.begin(), previous.end(), std::size_t{0});
+  for (std::size_t i = 1; i <= from.size(); ++i) {
+    current[0] = i;
+    for (std::size_t j = 1; j <= to.size(); ++j) {
+      const std::size_t substitution = previous[j - 1] + (from[i - 1] == to[j - 1] ? 0 : 1);
+      current[j] = std::min({previous[j] + 1, current[j - 1] + 1, substitution});
+    }
+    std::swap(previous, current);
+  }
+  return previous[to.size()];
+}
+
+/// "unknown key" with the closest of `known_keys` as a suggestion, or all of them when none
+/// is close.
+std::string unknown_key_message(std::string_view key, KeyList known_keys) {
+  std::string_view closest;
+  std::size_t closest_distance = std::numeric_limits<std::size_t>::max();
+  for (const std::string_view known : known_keys) {
+    if (const std::size_t distance = edit_distance(key, known); distance < closest_distance) {
+      closest = known;
+      closest_distance = distance;
+    }
+  }
+  if (closest_distance <= kMaxSuggestionDistance) {
+    return "unknown key (did you mean " + in_quotes(closest) + "?)";
+  }
+  std::string listed;
+  for (const std::string_view known : known_keys) {
+    listed += listed.empty() ? "" : ", ";
+    listed += known;
+  }
+  return "unknown key (valid keys here: " + listed + ")";
+}
+
+/// `text` as a path: relative ones are taken from `base_dir`; `.` and `..` are resolved
+/// lexically and a trailing slash is dropped.
+fs::path resolve_path(const fs::path& base_dir, std::string_view text) {
+  fs::path path = (base_dir / fs::path(text)).lexically_normal();
+  if (!path.has_filename() && path.has_relative_path()) path = path.parent_path();
+  return path;
+}
+
+bool is_host_char(char c) {
+  return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_';
+}
+
+bool is_ipv6_char(char c) {
+  return std::isxdigit(static_cast<unsigned char>(c)) || c == ':' || c == '.';
+}
+
+bool is_valid_port(std::string_view port) {
+  if (port.empty() || port.size() > 5) return false;
+  int number = 0;
+  for (const char c : port) {
+    if (c < '0' || c > '9') return false;
+    number = number * 10 + (c - '0');
+  }
+  return number >= 1 && number <= 65535;
+}
+
+/// What is wrong with `url` as a health URL (`http://host[:port][/path]`), or nullopt when
+/// nothing is.
+std::optional<std::string> http_url_problem(std::string_view url) {
+  constexpr std::string_view kScheme = "http://";
+  if (url.starts_with("https://")) {
+    return "HTTPS is not supported; probe the service's plain-HTTP port, like " +
+           std::string(kUrlExample);
+  }
+  if (!url.starts_with(kScheme)) {
+    return "expected an http:// URL, like " + std::string(kUrlExample) + ", got " + in_quotes(url);
+  }
+  const std::string_view after_scheme = url.substr(kScheme.size());
+  const std::string_view authority = after_scheme.substr(0, after_scheme.find_first_of("/?#"));
+
+  std::string_view host = authority;
+  std::optional<std::string_view> port;
+  if (authority.starts_with('[')) {
+    const std::size_t close = authority.find(']');
+    host = authority.substr(1, close == std::string_view::npos ? close : close - 1);
+    const std::string_view rest =
+        close == std::string_view::npos ? std::string_view{} : authority.substr(close + 1);
+    if (close == std::string_view::npos || host.empty() ||
+        !std::all_of(host.begin(), host.end(), is_ipv6_char) ||
+        !(rest.empty() || rest.starts_with(':'))) {
+      return "the host in " + in_quotes(url) + " is not an IPv6 address like [::1]";
+    }
+    if (!rest.empty()) port = rest.substr(1);
+  } else {
+    if (const std::size_t colon = authority.find(':'); colon != std::string_view::npos) {
+      host = authority.substr(0, colon);
+      port = authority.substr(colon + 1);
+    }
+    if (host.empty()) return "the URL has no host; write it like " + std::string(kUrlExample);
+    if (!std::all_of(host.begin(), host.end(), is_host_char)) {
+      return "the host " + in_quotes(host) + " is not a host name or IP address";
+    }
+  }
+  if (port && !is_valid_port(*port)) {
+    return "the port must be a number from 1 to 65535, got " + in_quotes(*port);
+  }
+  return std::nullopt;
+}
+
+/// Turns a position and a subject into the one message format of ConfigError:
+/// "FILE:LINE:COL: SUBJECT: MESSAGE".
+class ErrorReporter {
+ public:
+  explicit ErrorReporter(std::string file) : file_(std::move(file)) {}
+
+  /// Throws ConfigError pointing at `where` (1:1 when toml++ knows no position).
+  [[noreturn]] void fail(const toml::source_region& where, std::string_view subject,
+                         std::string_view message) const {
+    const bool known = where.begin.line > 0;
+    throw ConfigError(file_ + ":" + std::to_string(known ? where.begin.line : 1) + ":" +
+                      std::to_string(known ? where.begin.column : 1) + ": " + std::string(subject) +
+                      ": " + std::string(message));
+  }
+
+ private:
+  std::string file_;
+};
+
+/// Whether a duration of zero makes sense for a key ("0s" grace) or not ("0s" timeout).
+enum class ZeroDuration { allowed, rejected };
+
+/// One TOML table of the config, read with its dotted key path (`target[1].health`) so that
+/// every error names the key and points at the right line and column. Every read returns
+/// nullopt for an absent key and throws ConfigError for a present one of the wrong shape;
+/// the `required_` reads throw "required key missing" instead of returning nullopt.
+class TableReader {
+ public:
+  /// Throws ConfigError for the first key (in document order) that is not one of `known_keys`.
+  TableReader(const toml::table& table, std::string path, const ErrorReporter& errors,
+              KeyList known_keys)
+      : table_(table), path_(std::move(path)), errors_(errors) {
+    const toml::key* first_unknown = nullptr;
+    for (const auto& [key, value] : table_) {
+      const bool known =
+          std::find(known_keys.begin(), known_keys.end(), key.str()) != known_keys.end();
+      if (!known && (first_unknown == nullptr || comes_before(key, *first_unknown))) {
+        first_unknown = &key;
+      }
+    }
+    if (first_unknown != nullptr) {
+      errors_.fail(first_unknown->source(), key_path(first_unknown->str()),
+                   unknown_key_message(first_unknown->str(), known_keys));
+    }
+  }
+
+  bool has(std::string_view key) const { return table_.contains(key); }
+
+  /// The raw value of `key`, or nullptr.
+  const toml::node* find(std::string_view key) const { return table_.get(key); }
+
+  /// `key` under this table as a user writes it: "target[1].health.url".
+  std::string key_path(std::string_view key) const {
+    return path_.empty() ? display_key(key) : path_ + "." + display_key(key);
+  }
+
+  /// Throws ConfigError about the value of `key`, which must be present.
+  [[noreturn]] void fail(std::string_view key, std::string_view message) const {
+    errors_.fail(table_.get(key)->source(), key_path(key), message);
+  }
+
+  /// Throws ConfigError about `key` pointing at this table, for a key that is absent.
+  [[noreturn]] void fail_missing(std::string_view key,
+                                 std::string_view message = "required key missing") const {
+    errors_.fail(table_.source(), key_path(key), message);
+  }
+
+  /// Throws ConfigError about this table as a whole.
+  [[noreturn]] void fail_table(std::string_view message) const {
+    errors_.fail(table_.source(), path_, message);
+  }
+
+  std::optional<std::string> string(std::string_view key) const {
+    const toml::node* node = table_.get(key);
+    if (node == nullptr) return std::nullopt;
+    if (!node->is_string()) {
+      fail(key, "expected a string, got " + std::string(describe_type(node->type())));
+    }
+    return node->as_string()->get();
+  }
+
+  std::string required_string(std::string_view key) const { return present(string(key), key); }
+
+  std::optional<std::int64_t> integer(std::string_view key) const {
+    const toml::node* node = table_.get(key);
+    if (node == nullptr) return std::nullopt;
+    if (!node->is_integer()) {
+      fail(key, "expected an integer, got " + std::string(describe_type(node->type())));
+    }
+    return node->as_integer()->get();
+  }
+
+  std::optional<Duration> duration(std::string_view key, ZeroDuration zero) const {
+    const toml::node* node = table_.get(key);
+    if (node == nullptr) return std::nullopt;
+    const std::string expected = R"(expected a duration like "30s" or "500ms", got )";
+    if (const toml::value<std::int64_t>* number = node->as_integer()) {
+      fail(key, expected + std::to_string(number->get()) + " (a duration is a string with a unit)");
+    }
+    if (!node->is_string()) fail(key, expected + std::string(describe_type(node->type())));
+    const std::string& text = node->as_string()->get();
+    const std::optional<Duration> parsed = parse_duration(text);
+    if (!parsed) fail(key, expected + in_quotes(text));
+    if (zero == ZeroDuration::rejected && parsed->count() == 0) {
+      fail(key, R"(must be longer than zero, like "1s")");
+    }
+    return parsed;
+  }
+
+  /// A non-empty array of non-empty strings: a program and its arguments.
+  std::optional<std::vector<std::string>> command(std::string_view key) const {
+    const toml::node* node = table_.get(key);
+    if (node == nullptr) return std::nullopt;
+    const std::string expected =
+        "expected an array of strings, like " + std::string(kCommandExample);
+    const toml::array* array = node->as_array();
+    if (array == nullptr) fail(key, expected);
+    if (array->empty()) fail(key, "is empty; " + expected);
+
+    std::vector<std::string> argv;
+    for (std::size_t i = 0; i < array->size(); ++i) {
+      const toml::node& element = (*array)[i];
+      const std::string element_path = key_path(key) + "[" + std::to_string(i + 1) + "]";
+      if (!element.is_string()) {
+        errors_.fail(element.source(), element_path,
+                     "expected a string, got " + std::string(describe_type(element.type())));
+      }
+      const std::string& word = element.as_string()->get();
+      if (word.empty()) errors_.fail(element.source(), element_path, "must not be an empty string");
+      argv.push_back(word);
+    }
+    return argv;
+  }
+
+  std::vector<std::string> required_command(std::string_view key) const {
+    return present(command(key), key);
+  }
+
+  /// A non-empty path, resolved against `base_dir`.
+  std::optional<fs::path> path(std::string_view key, const fs::path& base_dir) const {
+    const std::optional<std::string> text = string(key);
+    if (!text) return std::nullopt;
+    if (text->empty()) fail(key, "must not be empty; give a directory");
+    if (text->starts_with('~')) {
+      fail(key, R"("~" is not expanded here; write the full path, like "/home/user/app")");
+    }
+    return resolve_path(base_dir, *text);
+  }
+
+  fs::path required_path(std::string_view key, const fs::path& base_dir) const {
+    return present(path(key, base_dir), key);
+  }
+
+  /// A sub-table, written as `[a.b]`, as `b = { ... }` or through dotted keys.
+  std::optional<TableReader> table(std::string_view key, KeyList known_keys) const {
+    const toml::node* node = table_.get(key);
+    if (node == nullptr) return std::nullopt;
+    if (!node->is_table()) {
+      fail(key, "expected a table ([section] or { ... }), got " +
+                    std::string(describe_type(node->type())));
+    }
+    return TableReader(*node->as_table(), key_path(key), errors_, known_keys);
+  }
+
+  TableReader required_table(std::string_view key, KeyList known_keys) const {
+    return present(table(key, known_keys), key);
+  }
+
+ private:
+  static bool comes_before(const toml::key& a, const toml::key& b) {
+    const toml::source_position& pa = a.source().begin;
+    const toml::source_position& pb = b.source().begin;
+    return std::pair(pa.line, pa.column) < std::pair(pb.line, pb.column);
+  }
+
+  template <typename T>
+  T present(std::optional<T> value, std::string_view key) const {
+    if (!value) fail_missing(key);
+    return *std::move(value);
+  }
+
+  const toml::table& table_;
+  std::string path_;
+  const ErrorReporter& errors_;
+};
+
+CommandSpec read_command_spec(const TableReader& table, Duration default_timeout) {
+  CommandSpec spec;
+  spec.argv = table.required_command("command");
+  spec.timeout = table.duration("timeout", ZeroDuration::rejected).value_or(default_timeout);
+  spec.kill_grace = table.duration("kill_grace", ZeroDuration::allowed).value_or(spec.kill_grace);
+  return spec;
+}
+
+HealthConfig read_health(const TableReader& table) {
+  HealthConfig health;
+  const bool has_url = table.has("url");
+  const bool has_command = table.has("command");
+  if (has_url && has_command) {
+    table.fail_table("give either url or command, not both");
+  }
+  if (!has_url && !has_command) {
+    table.fail_table("needs url = " + std::string(kUrlExample) +
+                     " or command = " + std::string(kCommandExample));
+  }
+  if (has_url) {
+    health.url = table.required_string("url");
+    if (const std::optional<std::string> problem = http_url_problem(health.url)) {
+      table.fail("url", *problem);
+    }
+  } else {
+    health.command = table.required_command("command");
+  }
+
+  health.timeout = table.duration("timeout", ZeroDuration::rejected).value_or(health.timeout);
+  health.grace = table.duration("grace", ZeroDuration::allowed).value_or(health.grace);
+  health.interval = table.duration("interval", ZeroDuration::rejected).value_or(health.interval);
+  health.deadline = table.duration("deadline", ZeroDuration::rejected).value_or(health.deadline);
+  if (const std::optional<std::int64_t> successes = table.integer("successes")) {
+    if (*successes < 1) {
+      table.fail("successes", "must be at least 1, got " + std::to_string(*successes));
+    }
+    if (*successes > std::numeric_limits<int>::max()) {
+      table.fail("successes", "must be at most " + std::to_string(std::numeric_limits<int>::max()) +
+                                  ", got " + std::to_string(*successes));
+    }
+    health.successes = static_cast<int>(*successes);
+  }
+  return health;
+}
+
+IdleConfig read_idle(const TableReader& table) {
+  IdleConfig idle;
+  idle.command = table.required_command("command");
+  idle.interval = table.duration("interval", ZeroDuration::rejected).value_or(idle.interval);
+  idle.quiet = table.duration("quiet", ZeroDuration::allowed).value_or(idle.quiet);
+  idle.timeout = table.duration("timeout", ZeroDuration::rejected).value_or(idle.timeout);
+  return idle;
+}
+
+void check_target_name(const TableReader& table, std::string_view name) {
+  const bool allowed_chars = !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+  });
+  if (!allowed_chars) {
+    table.fail("name",
+               R"(expected a name made of letters, digits, ".", "_" and "-", like "prod", got )" +
+                   in_quotes(name));
+  }
+  if (name == "." || name == "..") {
+    table.fail("name", in_quotes(name) + " cannot be a name (names are used in file names)");
+  }
+  if (name.size() > kMaxTargetNameLength) {
+    table.fail("name", "is " + std::to_string(name.size()) + " characters long; the limit is " +
+                           std::to_string(kMaxTargetNameLength));
+  }
+}
+
+TargetConfig read_target(const TableReader& table, const fs::path& base_dir) {
+  TargetConfig target;
+  target.name = table.required_string("name");
+  check_target_name(table, target.name);
+  target.marker_dir = table.required_path("marker_dir", base_dir);
+  target.checkout = table.required_path("checkout", base_dir);
+  target.restart =
+      read_command_spec(table.required_table("restart", kCommandSpecKeys), CommandSpec{}.timeout);
+  if (const std::optional<TableReader> build = table.table("build", kCommandSpecKeys)) {
+    target.build = read_command_spec(*build, kDefaultBuildTimeout);
+  }
+  target.health = read_health(table.required_table("health", kHealthKeys));
+  if (const std::optional<TableReader> idle = table.table("idle", kIdleKeys)) {
+    target.idle = read_idle(*idle);
+  }
+  return target;
+}
+
+void read_sentinel(const TableReader& table, const fs::path& base_dir, Config& config) {
+  config.state_dir = table.path("state_dir", base_dir).value_or(config.state_dir);
+  if (const std::optional<std::string> level = table.string("log_level")) {
+    if (std::find(kLogLevels.begin(), kLogLevels.end(), *level) == kLogLevels.end()) {
+      table.fail("log_level",
+                 "expected one of trace, debug, info, warn, error, critical, off, got " +
+                     in_quotes(*level));
+    }
+    config.log_level = *level;
+  }
+}
+
+void read_targets(const TableReader& root, const ErrorReporter& errors, const fs::path& base_dir,
+                  Config& config) {
+  constexpr std::string_view kAtLeastOne = "at least one [[target]] is required";
+  const toml::node* node = root.find("target");
+  if (node == nullptr) errors.fail(toml::source_region{}, "target", kAtLeastOne);
+  const toml::array* array = node->as_array();
+  if (array == nullptr) {
+    const std::string_view hint = node->is_table() ? " (write [[target]], not [target])" : "";
+    root.fail("target", "expected [[target]] tables, got " +
+                            std::string(describe_type(node->type())) + std::string(hint));
+  }
+  if (array->empty()) root.fail("target", kAtLeastOne);
+
+  for (std::size_t i = 0; i < array->size(); ++i) {
+    const toml::node& element = (*array)[i];
+    const std::string path = "target[" + std::to_string(i + 1) + "]";
+    if (!element.is_table()) {
+      errors.fail(element.source(), path,
+                  "expected a table, got " + std::string(describe_type(element.type())));
+    }
+    const TableReader table(*element.as_table(), path, errors, kTargetKeys);
+    TargetConfig target = read_target(table, base_dir);
+    if (const TargetConfig* earlier = config.find_target(target.name)) {
+      const auto earlier_index = earlier - config.targets.data() + 1;
+      table.fail("name", "duplicate target name " + in_quotes(target.name) + " (target[" +
+                             std::to_string(earlier_index) + "] has it too); names must be unique");
+    }
+    config.targets.push_back(std::move(target));
+  }
+}
+
+}  // namespace
+
+Config parse_config(std::string_view text, const fs::path& source) {
+  const ErrorReporter errors(source.string());
+  toml::table document;
+  try {
+    document = toml::parse(text, source.string());
+  } catch (const toml::parse_error& error) {
+    errors.fail(error.source(), "syntax error", error.description());
+  }
+
+  Config config;
+  config.source = source.empty() ? source : fs::absolute(source).lexically_normal();
+  config.state_dir = kDefaultStateDir;
+  const fs::path base_dir = source.empty() ? fs::current_path() : config.source.parent_path();
+
+  const TableReader root(document, "", errors, kTopLevelKeys);
+  if (const std::optional<TableReader> sentinel = root.table("sentinel", kSentinelKeys)) {
+    read_sentinel(*sentinel, base_dir, config);
+  }
+  read_targets(root, errors, base_dir, config);
+  return config;
+}
+
+Config load_config(const fs::path& path) {
+  const std::string name = path.string();
+  const std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(name.c_str(), "rb"),
+                                                             &std::fclose);
+  if (!file) throw ConfigError(name + ": cannot read: " + std::strerror(errno));
+
+  std::string text;
+  char buffer[64 * 1024];
+  while (const std::size_t n = std::fread(buffer, 1, sizeof buffer, file.get())) {
+    text.append(buffer, n);
+  }
+  if (std::ferror(file.get())) throw ConfigError(name + ": cannot read: " + std::strerror(errno));
+  return parse_config(text, path);
+}
+
+}  // namespace sentinel

@@ -1,0 +1,84 @@
+#include "daemon.h"
+
+#include "config.h"
+#include "deploy_machine.h"
+#include "marker_watch.h"
+#include "state_store.h"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <spdlog/spdlog.h>
+
+#include <csignal>
+#include <memory>
+
+namespace sentinel {
+namespace asio = boost::asio;
+
+namespace {
+
+/// Everything one target needs at run time. Owned by its running coroutine, so it lives as long
+/// as any of its asynchronous work does.
+struct TargetRuntime {
+  TargetRuntime(const TargetConfig& target, const StateStore& store, asio::any_io_executor executor)
+      : actions(target),
+        machine(target, store, actions, executor),
+        watch(executor, target.marker_dir, target.name, [this](std::string_view) { machine.poke(); }) {}
+
+  TargetProcesses actions;
+  DeployMachine machine;
+  MarkerWatch watch;
+};
+
+}  // namespace
+
+int run_daemon(const Config& config) {
+  std::vector<std::string> names;
+  for (const auto& target : config.targets) names.push_back(target.name);
+  StateStore store(config.state_dir);
+  store.prepare(names);
+  InstanceLock lock(config.state_dir);
+
+  asio::io_context ctx;
+  std::vector<std::shared_ptr<TargetRuntime>> runtimes;
+  for (const auto& target : config.targets) {
+    auto runtime = std::make_shared<TargetRuntime>(target, store, ctx.get_executor());
+    runtime->watch.start();  // before the first look at the directory, so nothing slips between
+    runtimes.push_back(std::move(runtime));
+  }
+  for (std::size_t i = 0; i < runtimes.size(); ++i) {
+    auto run = [](std::shared_ptr<TargetRuntime> rt) -> asio::awaitable<void> { co_await rt->machine.run(); };
+    asio::co_spawn(ctx, run(runtimes[i]), [name = config.targets[i].name](std::exception_ptr e) {
+      if (!e) return;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        spdlog::critical("{}: stopped by an internal error: {}; other targets go on", name, ex.what());
+      }
+    });
+  }
+  runtimes.clear();  // the coroutines own them now
+
+  asio::signal_set signals(ctx, SIGTERM, SIGINT, SIGHUP);
+  std::function<void(const boost::system::error_code&, int)> on_signal =
+      [&](const boost::system::error_code& ec, int signo) {
+        if (ec) return;
+        if (signo == SIGHUP) {
+          spdlog::warn("SIGHUP: reloading the config is not supported yet; restart the service to apply changes");
+          signals.async_wait(on_signal);
+          return;
+        }
+        spdlog::info("{}: stopping; a deploy in progress stays recorded and resumes at the next start",
+                     signo == SIGTERM ? "SIGTERM" : "SIGINT");
+        ctx.stop();
+      };
+  signals.async_wait(on_signal);
+
+  spdlog::info("deploy-sentinel {} watching {} target{} (state in {})", SENTINEL_VERSION, config.targets.size(),
+               config.targets.size() == 1 ? "" : "s", config.state_dir.string());
+  ctx.run();
+  return 0;
+}
+
+}  // namespace sentinel

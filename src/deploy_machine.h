@@ -1,0 +1,110 @@
+#pragma once
+// The deploy policy of one target: claim a staged marker, wait for idle, restart, verify,
+// record or revert. Watchers, probes and runners report facts; only this decides.
+
+#include "config.h"
+#include "git.h"
+#include "health_probe.h"
+#include "idle_gate.h"
+#include "state_store.h"
+#include "subprocess.h"
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <memory>
+#include <string>
+
+namespace sentinel {
+
+/// The outside world of one target, as the deploy machine sees it. The daemon runs real
+/// processes and probes (TargetProcesses); unit tests script the answers.
+class TargetActions {
+ public:
+  virtual ~TargetActions() = default;
+  /// `on_started` runs as soon as the restart command exists.
+  virtual boost::asio::awaitable<RunResult> restart(std::function<void()> on_started) = 0;
+  virtual boost::asio::awaitable<RunResult> build() = 0;
+  virtual boost::asio::awaitable<ProbeResult> probe() = 0;
+  virtual boost::asio::awaitable<IdleAnswer> idle() = 0;
+  virtual boost::asio::awaitable<HeadCommit> head() = 0;
+  virtual boost::asio::awaitable<RunResult> reset_to(std::string commit) = 0;
+};
+
+/// TargetActions for real: the configured commands as subprocesses, HTTP or command probes, git.
+class TargetProcesses final : public TargetActions {
+ public:
+  explicit TargetProcesses(const TargetConfig& target) : target_(target) {}
+  boost::asio::awaitable<RunResult> restart(std::function<void()> on_started) override;
+  boost::asio::awaitable<RunResult> build() override;
+  boost::asio::awaitable<ProbeResult> probe() override;
+  boost::asio::awaitable<IdleAnswer> idle() override;
+  boost::asio::awaitable<HeadCommit> head() override;
+  boost::asio::awaitable<RunResult> reset_to(std::string commit) override;
+
+ private:
+  RunSpec spec_for(const CommandSpec& command, const std::string& role) const;
+  const TargetConfig& target_;
+};
+
+/// One target's deploys, start to end, one at a time. The marker directory is the queue and
+/// the record: `.deploy-ready` waits its turn on disk while a deploy runs, `.deploy-in-progress`
+/// is the claimed deploy, `.deploy-reverted`, `.deploy-rejected` and `.deploy-failed` tell the
+/// agent what happened. A target with `.deploy-failed` deploys nothing until it is removed.
+class DeployMachine {
+ public:
+  /// Phases as `status` shows them.
+  enum class Phase { starting, watching, claimed, waiting_idle, restarting, verifying, reverting, rebuilding,
+                     quarantined };
+
+  DeployMachine(const TargetConfig& target, const StateStore& store, TargetActions& actions,
+                boost::asio::any_io_executor executor);
+
+  /// Something in the marker directory may have changed: look again. Safe to call any time,
+  /// also while a deploy runs (the new marker is taken after it).
+  void poke();
+
+  /// Runs the target until cancelled: start-up checks, then every staged deploy in turn.
+  boost::asio::awaitable<void> run();
+
+  Phase phase() const { return phase_; }
+
+ private:
+  struct Deploy;
+  struct Verdict {
+    bool ok = false;
+    std::string reason;
+    std::vector<std::string> output;
+  };
+
+  boost::asio::awaitable<void> start_up();
+  boost::asio::awaitable<void> adopt_running_commit();
+  boost::asio::awaitable<void> wait_for_poke();
+  boost::asio::awaitable<void> sleep_for(Duration d);
+  boost::asio::awaitable<bool> next_deploy(Deploy& deploy);
+  boost::asio::awaitable<void> carry_out(Deploy& deploy);
+  boost::asio::awaitable<void> wait_until_idle(Deploy& deploy);
+  boost::asio::awaitable<Verdict> restart_and_verify(Deploy& deploy, const std::string& commit);
+  boost::asio::awaitable<Verdict> verify(const std::string& commit);
+  boost::asio::awaitable<void> revert(Deploy& deploy, Verdict failure);
+
+  void reject(std::string_view file_name, const std::string& reason, const std::string& text);
+  void finish(const Outcome& outcome);
+  void enter(Phase phase, const std::string& commit, const std::string& detail);
+  void write_record(const Deploy& deploy, bool durable);
+  bool exists(std::string_view file_name) const;
+
+  const TargetConfig& target_;
+  const StateStore& store_;
+  TargetActions& actions_;
+  boost::asio::steady_timer wake_;
+  bool poked_ = false;
+  Phase phase_ = Phase::starting;
+  TargetStatus status_;
+  std::string fallback_commit_;  // the commit running at start-up, when no known-good exists
+};
+
+/// "waiting-idle" etc.
+std::string_view to_string(DeployMachine::Phase phase);
+
+}  // namespace sentinel

@@ -1,0 +1,29 @@
+#pragma once
+// The few git operations the sentinel needs on a production checkout.
+
+#include "subprocess.h"
+
+#include <boost/asio/awaitable.hpp>
+
+#include <filesystem>
+#include <string>
+
+namespace sentinel {
+
+/// The checkout's HEAD as a full 40-character SHA, or an error sentence.
+struct HeadCommit {
+  std::string commit;
+  std::string error;
+};
+
+/// Runs `git rev-parse --verify HEAD^{commit}` in `checkout`.
+boost::asio::awaitable<HeadCommit> git_head(std::filesystem::path checkout);
+
+/// Runs `git reset --hard COMMIT` in `checkout`, output logged under `log_tag`.
+boost::asio::awaitable<RunResult> git_reset_hard(std::filesystem::path checkout, std::string commit,
+                                                 std::string log_tag);
+
+/// git_head for command-line tools that have no event loop of their own.
+HeadCommit git_head_now(const std::filesystem::path& checkout);
+
+}  // namespace sentinel

@@ -1,0 +1,236 @@
+#include "marker.h"
+
+#include <boost/json.hpp>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstdio>
+#include <ctime>
+
+namespace sentinel {
+namespace fs = std::filesystem;
+namespace json = boost::json;
+using boost::system::error_code;
+
+namespace {
+
+error_code last_error() { return error_code(errno, boost::system::system_category()); }
+
+/// Owns a file descriptor.
+struct Fd {
+  int fd;
+  explicit Fd(int f) : fd(f) {}
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+};
+
+bool is_printable(std::string_view text) {
+  return std::all_of(text.begin(), text.end(), [](unsigned char c) {
+    return c == '\n' || c == '\t' || c == '\r' || c >= 0x20;
+  });
+}
+
+std::string describe_type(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISCHR(mode) || S_ISBLK(mode)) return "a device";
+  return "not a regular file";
+}
+
+error_code fsync_dir(const fs::path& dir) {
+  Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (fd.fd < 0 || ::fsync(fd.fd) != 0) return last_error();
+  return {};
+}
+
+}  // namespace
+
+std::string format_utc(std::chrono::system_clock::time_point t) {
+  std::time_t secs = std::chrono::system_clock::to_time_t(t);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+bool looks_like_commit(std::string_view text) {
+  return text.size() >= 7 && text.size() <= 40 &&
+         std::all_of(text.begin(), text.end(), [](unsigned char c) { return std::isxdigit(c); });
+}
+
+std::string read_small_file(const fs::path& file, error_code& ec, std::size_t limit) {
+  ec.clear();
+  Fd fd(::open(file.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+  if (fd.fd < 0) {
+    ec = last_error();
+    return {};
+  }
+  struct stat st {};
+  if (::fstat(fd.fd, &st) != 0) {
+    ec = last_error();
+    return {};
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ec = boost::system::errc::make_error_code(boost::system::errc::invalid_argument);
+    return {};
+  }
+  if (static_cast<std::size_t>(st.st_size) > limit) {
+    ec = boost::system::errc::make_error_code(boost::system::errc::file_too_large);
+    return {};
+  }
+  std::string text;
+  char buf[8192];
+  for (;;) {
+    ssize_t n = ::read(fd.fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      ec = last_error();
+      return {};
+    }
+    if (n == 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+    if (text.size() > limit) {  // grew while we read
+      ec = boost::system::errc::make_error_code(boost::system::errc::file_too_large);
+      return {};
+    }
+  }
+  return text;
+}
+
+MarkerCheck read_marker(const fs::path& file) {
+  MarkerCheck check;
+  const std::string name = file.filename().string();
+  struct stat st {};
+  if (::lstat(file.c_str(), &st) != 0) {
+    check.reason = name + " could not be read: " + last_error().message();
+    return check;
+  }
+  if (S_ISLNK(st.st_mode)) {
+    check.reason = "the marker is a symbolic link; stage a regular file (deploy-sentinel stage does)";
+    return check;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    check.reason = "the marker is " + describe_type(st.st_mode) + ", not a regular file";
+    return check;
+  }
+  if (static_cast<std::size_t>(st.st_size) > kMaxMarkerBytes) {
+    check.reason = "the marker is " + std::to_string(st.st_size) + " bytes; at most " +
+                   std::to_string(kMaxMarkerBytes) + " are accepted";
+    return check;
+  }
+  error_code ec;
+  std::string text = read_small_file(file, ec);
+  if (ec) {
+    check.reason = "the marker could not be read safely: " + ec.message();
+    return check;
+  }
+  check.marker.text = text;
+  if (std::all_of(text.begin(), text.end(), [](unsigned char c) { return std::isspace(c); })) {
+    check.ok = true;
+    return check;
+  }
+  json::value doc = json::parse(text, ec);
+  if (ec || !doc.is_object()) {
+    check.reason = ec ? "the marker is neither empty nor valid JSON: " + ec.message()
+                      : std::string("the marker's JSON is not an object");
+    return check;
+  }
+  for (const auto& [key, value] : doc.as_object()) {
+    std::string* field = key == "commit"      ? &check.marker.commit
+                         : key == "staged_by" ? &check.marker.staged_by
+                         : key == "staged_at" ? &check.marker.staged_at
+                         : key == "message"   ? &check.marker.message
+                                              : nullptr;
+    if (field == nullptr) continue;  // newer stagers may add fields
+    if (!value.is_string() && !value.is_null()) {
+      check.reason = "the marker's \"" + std::string(key) + "\" is not a string";
+      return check;
+    }
+    if (value.is_string()) *field = std::string(value.as_string());
+  }
+  if (!check.marker.commit.empty() && !looks_like_commit(check.marker.commit)) {
+    check.reason = "the marker's commit \"" + check.marker.commit + "\" is not a 7-40 digit hex SHA";
+    return check;
+  }
+  check.ok = true;
+  return check;
+}
+
+std::string marker_json(const Marker& marker) {
+  json::object doc;
+  doc["commit"] = marker.commit;
+  doc["staged_by"] = marker.staged_by;
+  doc["staged_at"] = marker.staged_at;
+  doc["message"] = marker.message;
+  return json::serialize(doc) + "\n";
+}
+
+bool claim_marker(const fs::path& dir, error_code& ec) {
+  ec.clear();
+  const fs::path from = dir / marker_file::ready;
+  const fs::path to = dir / marker_file::in_progress;
+  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) == 0) return true;
+  if (errno != ENOENT) ec = last_error();
+  return false;
+}
+
+error_code reject_marker(const fs::path& dir, std::string_view name, std::string_view reason,
+                         std::string_view text) {
+  error_code first;
+  const fs::path aside = dir / marker_file::rejected_marker;
+  error_code ec;
+  fs::remove_all(aside, ec);
+  if (::rename((dir / name).c_str(), aside.c_str()) != 0 && errno != ENOENT) first = last_error();
+
+  json::object doc;
+  doc["reason"] = reason;
+  doc["at"] = format_utc(std::chrono::system_clock::now());
+  if (!text.empty() && text.size() <= 4096 && is_printable(text)) doc["marker"] = text;
+  ec = write_file_atomic(dir / marker_file::rejected, json::serialize(doc) + "\n", false);
+  return first ? first : ec;
+}
+
+error_code make_durable(const fs::path& file) {
+  Fd fd(::open(file.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (fd.fd < 0 || ::fsync(fd.fd) != 0) return last_error();
+  return fsync_dir(file.parent_path());
+}
+
+error_code write_file_atomic(const fs::path& file, std::string_view content, bool durable) {
+  fs::path tmp = file;
+  tmp += ".tmp." + std::to_string(::getpid());
+  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644));
+  if (fd.fd < 0) return last_error();
+  const char* p = content.data();
+  std::size_t left = content.size();
+  error_code ec;
+  while (left > 0) {
+    ssize_t n = ::write(fd.fd, p, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      ec = last_error();
+      break;
+    }
+    p += n;
+    left -= static_cast<std::size_t>(n);
+  }
+  if (!ec && durable && ::fsync(fd.fd) != 0) ec = last_error();
+  if (!ec && ::rename(tmp.c_str(), file.c_str()) != 0) ec = last_error();
+  if (ec) {
+    ::unlink(tmp.c_str());
+    return ec;
+  }
+  return durable ? fsync_dir(file.parent_path()) : error_code{};
+}
+
+}  // namespace sentinel

@@ -1,0 +1,81 @@
+#pragma once
+// The files in a marker directory: how they are named, read safely, written atomically.
+
+#include <boost/system/error_code.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+namespace sentinel {
+
+/// The file names the agent and the sentinel share in a marker directory.
+namespace marker_file {
+inline constexpr std::string_view ready = ".deploy-ready";              // agent: "deploy me"
+inline constexpr std::string_view in_progress = ".deploy-in-progress";  // sentinel: claimed, the deploy's record
+inline constexpr std::string_view rejected = ".deploy-rejected";        // why the last marker was refused
+inline constexpr std::string_view rejected_marker = ".deploy-rejected.marker";  // the refused marker itself
+inline constexpr std::string_view reverted = ".deploy-reverted";        // why the last deploy was reverted
+inline constexpr std::string_view failed = ".deploy-failed";            // revert failed: target quarantined
+}  // namespace marker_file
+
+/// Markers larger than this are refused unread.
+inline constexpr std::size_t kMaxMarkerBytes = 64 * 1024;
+
+/// What an agent says when it stages a deploy. Every field is optional (an empty marker is fine).
+struct Marker {
+  std::string commit;     // full or abbreviated SHA the agent expects HEAD to be
+  std::string staged_by;
+  std::string staged_at;
+  std::string message;
+  std::string text;       // the file as read, for reports
+};
+
+/// The outcome of reading a marker: either a usable marker or a reason to refuse it.
+struct MarkerCheck {
+  bool ok = false;
+  Marker marker;
+  std::string reason;     // when !ok: one sentence a human and an agent can act on
+};
+
+/// Reads the marker at `file` without following a symlink and without blocking on a FIFO:
+/// refuses anything but a regular file, files over kMaxMarkerBytes, and text that is neither
+/// empty (whitespace) nor a JSON object with string fields. A `commit` must be 7-40 hex digits.
+MarkerCheck read_marker(const std::filesystem::path& file);
+
+/// Serialises a marker for `deploy-sentinel stage` (JSON object, trailing newline).
+std::string marker_json(const Marker& marker);
+
+/// Atomically renames `dir/.deploy-ready` to `dir/.deploy-in-progress`, never replacing an
+/// existing `.deploy-in-progress`. Returns false with `ec` clear when there is nothing to claim,
+/// false with `ec` set on any other failure (EEXIST when a deploy is already in progress).
+bool claim_marker(const std::filesystem::path& dir, boost::system::error_code& ec);
+
+/// Moves `dir/<name>` aside to `.deploy-rejected.marker` (replacing an older one of any kind)
+/// and writes `.deploy-rejected` with the reason, the time and the marker's text when small
+/// and printable. Best effort on each step; returns the first error.
+boost::system::error_code reject_marker(const std::filesystem::path& dir, std::string_view name,
+                                        std::string_view reason, std::string_view text);
+
+/// Writes `content` to `file` through a temporary file in the same directory and a rename, so
+/// readers see the old or the new content, never a mix. With `durable`, the file and its
+/// directory are fsynced so the rename survives a power cut. The temporary is removed on failure.
+boost::system::error_code write_file_atomic(const std::filesystem::path& file, std::string_view content,
+                                            bool durable);
+
+/// fsyncs `file` and its directory, so a rename that put it in place survives a power cut.
+boost::system::error_code make_durable(const std::filesystem::path& file);
+
+/// Reads a whole small regular file (not following symlinks); empty string with `ec` on failure.
+std::string read_small_file(const std::filesystem::path& file, boost::system::error_code& ec,
+                            std::size_t limit = kMaxMarkerBytes);
+
+/// "2026-11-25T14:03:12Z".
+std::string format_utc(std::chrono::system_clock::time_point t);
+
+/// True for 7 to 40 lowercase or uppercase hex digits.
+bool looks_like_commit(std::string_view text);
+
+}  // namespace sentinel

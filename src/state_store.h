@@ -1,0 +1,77 @@
+#pragma once
+// What the daemon remembers across restarts, in state_dir: per target the last known-good
+// commit, the current status and the history of outcomes; and the single-instance lock.
+
+#include <boost/system/error_code.hpp>
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <sys/types.h>
+#include <vector>
+
+namespace sentinel {
+
+/// How one deploy ended.
+struct Outcome {
+  std::string result;  // "deployed", "reverted", "failed", "rejected"
+  std::string commit;  // full SHA (may be empty for a rejected marker)
+  std::string reason;  // one sentence; empty for "deployed"
+  std::string at;      // UTC, ISO 8601
+};
+
+/// What a target is doing now and why, as `status` shows it.
+struct TargetStatus {
+  std::string phase;             // idle, waiting-idle, restarting, verifying, reverting, rebuilding, quarantined, ...
+  std::string since;             // UTC time the phase began
+  std::string commit;            // the commit the phase is about, if any
+  std::string detail;            // why, in a few words ("agent busy", "probe 2/3 healthy")
+  std::string last_known_good;
+  std::optional<Outcome> last_outcome;
+};
+
+/// The files under state_dir. Every write is atomic (temp file + rename); known-good commits
+/// and outcomes are fsynced because losing them could revert to the wrong commit.
+class StateStore {
+ public:
+  explicit StateStore(std::filesystem::path state_dir);
+
+  /// Creates state_dir and one directory per target. Throws StartupError naming the path.
+  void prepare(const std::vector<std::string>& targets) const;
+
+  /// The last known-good commit of `target`, or "" when none was ever recorded.
+  std::string known_good(const std::string& target) const;
+  boost::system::error_code set_known_good(const std::string& target, const std::string& commit) const;
+
+  boost::system::error_code write_status(const std::string& target, const TargetStatus& status) const;
+  /// nullopt when the daemon never wrote one (or it is unreadable).
+  std::optional<TargetStatus> read_status(const std::string& target) const;
+
+  /// Appends one JSON line to the target's history.
+  boost::system::error_code append_history(const std::string& target, const Outcome& outcome) const;
+
+  const std::filesystem::path& dir() const { return dir_; }
+
+ private:
+  std::filesystem::path target_dir(const std::string& target) const;
+  std::filesystem::path dir_;
+};
+
+/// The single-instance lock: an exclusive flock on state_dir/deploy-sentinel.lock holding the
+/// owner's pid. Released when the process exits, however it exits.
+class InstanceLock {
+ public:
+  /// Takes the lock or throws StartupError("already running as pid N").
+  explicit InstanceLock(const std::filesystem::path& state_dir);
+  ~InstanceLock();
+  InstanceLock(const InstanceLock&) = delete;
+  InstanceLock& operator=(const InstanceLock&) = delete;
+
+  /// The pid of the daemon holding the lock in `state_dir`, or nullopt when none runs.
+  static std::optional<pid_t> holder(const std::filesystem::path& state_dir);
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace sentinel

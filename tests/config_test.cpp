@@ -1,0 +1,668 @@
+#include "config.h"
+
+#include <doctest/doctest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+namespace sentinel {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+constexpr const char* kSource = "/etc/ds.toml";
+
+/// The text of a raw string literal without the newline that follows `R"(`, so that line 1
+/// of the config is the first line written.
+std::string_view lines(std::string_view text) {
+  if (text.starts_with('\n')) text.remove_prefix(1);
+  return text;
+}
+
+Config parse(std::string_view text) { return parse_config(lines(text), kSource); }
+
+/// The ConfigError message that parsing `text` throws, or "(no error)".
+std::string error_in(std::string_view text) {
+  try {
+    parse(text);
+  } catch (const ConfigError& error) {
+    CHECK(error.exit_code() == ConfigError::kExitCode);
+    return error.what();
+  }
+  return "(no error)";
+}
+
+/// A target with every required key and nothing else, to append keys or tables to.
+const std::string kMinimalTarget = R"(
+[[target]]
+name = "prod"
+marker_dir = "/srv/markers"
+checkout = "/srv/app"
+restart = { command = ["systemctl", "restart", "app"] }
+health = { url = "http://127.0.0.1:6001/health" }
+)";
+
+/// A directory under the system temp dir, removed with everything in it.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (fs::temp_directory_path() / "config_test.XXXXXX").string();
+    REQUIRE(mkdtemp(pattern.data()) != nullptr);
+    path_ = pattern;
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+TEST_CASE("the documented example config parses with every value") {
+  const Config config = parse(R"(
+[sentinel]
+state_dir = "/var/lib/deploy-sentinel"   # required? default "/var/lib/deploy-sentinel"
+log_level = "info"                        # trace|debug|info|warn|error|critical|off
+
+[[target]]                                # at least one
+name = "prod"
+marker_dir = "/home/leopard/.botical-prod"
+checkout = "/home/leopard/botical-prod"
+restart = { command = ["systemctl", "restart", "botical-prod"], timeout = "90s", kill_grace = "5s" }
+build = { command = ["bash", "-lc", "make"], timeout = "15m" }
+
+[target.health]
+url = "http://127.0.0.1:6001/health/ready"
+timeout = "2s"
+grace = "2s"
+interval = "1s"
+successes = 3
+deadline = "60s"
+
+[target.idle]
+command = ["/usr/local/bin/agent-idle"]
+interval = "5s"
+quiet = "30s"
+timeout = "30s"
+)");
+  CHECK(config.source == "/etc/ds.toml");
+  CHECK(config.state_dir == "/var/lib/deploy-sentinel");
+  CHECK(config.log_level == "info");
+  REQUIRE(config.targets.size() == 1);
+
+  const TargetConfig& target = config.targets[0];
+  CHECK(target.name == "prod");
+  CHECK(target.marker_dir == "/home/leopard/.botical-prod");
+  CHECK(target.checkout == "/home/leopard/botical-prod");
+  CHECK(target.restart.argv == std::vector<std::string>{"systemctl", "restart", "botical-prod"});
+  CHECK(target.restart.timeout == 90s);
+  CHECK(target.restart.kill_grace == 5s);
+  REQUIRE(target.build.has_value());
+  CHECK(target.build->argv == std::vector<std::string>{"bash", "-lc", "make"});
+  CHECK(target.build->timeout == 15min);
+  CHECK(target.build->kill_grace == 5s);
+  CHECK(target.health.url == "http://127.0.0.1:6001/health/ready");
+  CHECK(target.health.command.empty());
+  CHECK(target.health.timeout == 2s);
+  CHECK(target.health.grace == 2s);
+  CHECK(target.health.interval == 1s);
+  CHECK(target.health.successes == 3);
+  CHECK(target.health.deadline == 60s);
+  REQUIRE(target.idle.has_value());
+  CHECK(target.idle->command == std::vector<std::string>{"/usr/local/bin/agent-idle"});
+  CHECK(target.idle->interval == 5s);
+  CHECK(target.idle->quiet == 30s);
+  CHECK(target.idle->timeout == 30s);
+}
+
+TEST_CASE("values left out take their documented defaults") {
+  const Config config = parse(kMinimalTarget);
+  CHECK(config.state_dir == "/var/lib/deploy-sentinel");
+  CHECK(config.log_level == "info");
+  REQUIRE(config.targets.size() == 1);
+
+  const TargetConfig& target = config.targets[0];
+  CHECK(target.restart.timeout == 90s);
+  CHECK(target.restart.kill_grace == 5s);
+  CHECK_FALSE(target.build.has_value());
+  CHECK(target.health.timeout == 2s);
+  CHECK(target.health.grace == 2s);
+  CHECK(target.health.interval == 1s);
+  CHECK(target.health.successes == 3);
+  CHECK(target.health.deadline == 60s);
+  CHECK_FALSE(target.idle.has_value());
+}
+
+TEST_CASE("a build gets a 15 minute timeout and a 5 second kill grace by default") {
+  const Config config = parse(kMinimalTarget + R"(build = { command = ["make"] })");
+  REQUIRE(config.targets[0].build.has_value());
+  CHECK(config.targets[0].build->timeout == 15min);
+  CHECK(config.targets[0].build->kill_grace == 5s);
+}
+
+TEST_CASE("an idle table with only a command gets the documented defaults") {
+  const Config config = parse(kMinimalTarget + R"(idle = { command = ["agent-idle"] })");
+  REQUIRE(config.targets[0].idle.has_value());
+  CHECK(config.targets[0].idle->interval == 5s);
+  CHECK(config.targets[0].idle->quiet == 30s);
+  CHECK(config.targets[0].idle->timeout == 30s);
+}
+
+TEST_CASE("restart and build read the same as sub-tables as inline tables") {
+  const Config config = parse(R"(
+[[target]]
+name = "prod"
+marker_dir = "/srv/markers"
+checkout = "/srv/app"
+health.command = ["curl", "-f", "http://localhost/"]
+
+[target.restart]
+command = ["systemctl", "restart", "app"]
+timeout = "2m"
+kill_grace = "0s"
+
+[target.build]
+command = ["make"]
+timeout = "1h"
+)");
+  const TargetConfig& target = config.targets[0];
+  CHECK(target.restart.argv == std::vector<std::string>{"systemctl", "restart", "app"});
+  CHECK(target.restart.timeout == 2min);
+  CHECK(target.restart.kill_grace == 0s);
+  REQUIRE(target.build.has_value());
+  CHECK(target.build->argv == std::vector<std::string>{"make"});
+  CHECK(target.build->timeout == 1h);
+  CHECK(target.health.command == std::vector<std::string>{"curl", "-f", "http://localhost/"});
+  CHECK(target.health.url.empty());
+}
+
+TEST_CASE("relative paths are taken from the config's directory and normalised") {
+  const Config config = parse_config(R"(
+[sentinel]
+state_dir = "state/"
+
+[[target]]
+name = "prod"
+marker_dir = "./markers/../markers/prod"
+checkout = "/srv//app/./"
+restart = { command = ["restart"] }
+health = { url = "http://localhost/" }
+)",
+                                     "/etc/deploy-sentinel/../deploy-sentinel/ds.toml");
+  CHECK(config.source == "/etc/deploy-sentinel/ds.toml");
+  CHECK(config.state_dir == "/etc/deploy-sentinel/state");
+  CHECK(config.targets[0].marker_dir == "/etc/deploy-sentinel/markers/prod");
+  CHECK(config.targets[0].checkout == "/srv/app");
+}
+
+TEST_CASE("a relative config path is made absolute from the working directory") {
+  const Config config = parse_config(
+      "[sentinel]\nstate_dir = \"state\"\n" + std::string(lines(kMinimalTarget)), "conf/ds.toml");
+  CHECK(config.source == fs::current_path() / "conf/ds.toml");
+  CHECK(config.state_dir == fs::current_path() / "conf/state");
+}
+
+TEST_CASE("text without a source name anchors relative paths at the working directory") {
+  const Config config =
+      parse_config("[sentinel]\nstate_dir = \"state\"\n" + std::string(lines(kMinimalTarget)), "");
+  CHECK(config.source.empty());
+  CHECK(config.state_dir == fs::current_path() / "state");
+}
+
+TEST_CASE("every log level is accepted") {
+  for (const char* level : {"trace", "debug", "info", "warn", "error", "critical", "off"}) {
+    CAPTURE(level);
+    const Config config =
+        parse("[sentinel]\nlog_level = \"" + std::string(level) + "\"\n" + kMinimalTarget);
+    CHECK(config.log_level == level);
+  }
+}
+
+TEST_CASE("several targets are kept in file order and found by name") {
+  const Config config = parse(kMinimalTarget + R"(
+[[target]]
+name = "staging.v2_b-1"
+marker_dir = "/srv/staging-markers"
+checkout = "/srv/staging"
+restart = { command = ["restart-staging"] }
+health = { url = "http://[::1]:8080/ready" }
+)");
+  REQUIRE(config.targets.size() == 2);
+  CHECK(config.targets[0].name == "prod");
+  CHECK(config.targets[1].name == "staging.v2_b-1");
+  CHECK(config.find_target("staging.v2_b-1") == &config.targets[1]);
+  CHECK(config.find_target("prod") == &config.targets[0]);
+  CHECK(config.find_target("dev") == nullptr);
+}
+
+TEST_CASE("health urls with a host, an optional port and a path are accepted") {
+  for (const char* url :
+       {"http://localhost", "http://127.0.0.1:1/", "http://app.internal:65535/a?b=c",
+        "http://[::1]/health", "http://host_name:80#frag"}) {
+    CAPTURE(url);
+    const Config config = parse(R"(
+[[target]]
+name = "prod"
+marker_dir = "/m"
+checkout = "/c"
+restart = { command = ["r"] }
+health = { url = ")" + std::string(url) +
+                                "\" }\n");
+    CHECK(config.targets[0].health.url == url);
+  }
+}
+
+TEST_CASE("a typo'd key is reported with its line and column and a suggestion") {
+  CHECK(error_in(R"(
+[[target]]
+name = "prod"
+marker_dir = "/srv/markers"
+checkout = "/srv/app"
+restart = { command = ["r"] }
+helth = { url = "http://localhost/" }
+)") == R"(/etc/ds.toml:6:1: target[1].helth: unknown key (did you mean "health"?))");
+}
+
+TEST_CASE("a typo'd table header is reported at the misspelt name") {
+  CHECK(error_in(R"(
+[sentinal]
+state_dir = "/x"
+)") == R"(/etc/ds.toml:1:2: sentinal: unknown key (did you mean "sentinel"?))");
+  CHECK(error_in(kMinimalTarget + R"(
+[target.idel]
+command = ["idle"]
+)") == R"(/etc/ds.toml:8:9: target[1].idel: unknown key (did you mean "idle"?))");
+}
+
+TEST_CASE("an unknown key with no close match lists the valid keys") {
+  CHECK(error_in(R"(
+[sentinel]
+colour = true
+)") == "/etc/ds.toml:2:1: sentinel.colour: unknown key (valid keys here: state_dir, log_level)");
+}
+
+TEST_CASE("unknown keys are rejected in every table") {
+  SUBCASE("top level") {
+    CHECK(error_in("targets = 1\n") ==
+          R"(/etc/ds.toml:1:1: targets: unknown key (did you mean "target"?))");
+  }
+  SUBCASE("target") {
+    CHECK(error_in(kMinimalTarget + "verbose = true\n") ==
+          "/etc/ds.toml:7:1: target[1].verbose: unknown key (valid keys here: name, marker_dir, "
+          "checkout, restart, build, health, idle)");
+  }
+  SUBCASE("restart") {
+    CHECK(error_in(R"(
+[[target]]
+name = "prod"
+marker_dir = "/m"
+checkout = "/c"
+restart = { command = ["r"], timout = "1s" }
+)") == R"(/etc/ds.toml:5:30: target[1].restart.timout: unknown key (did you mean "timeout"?))");
+  }
+  SUBCASE("build") {
+    CHECK(error_in(kMinimalTarget + R"(
+[target.build]
+command = ["make"]
+killgrace = "1s"
+)") == R"(/etc/ds.toml:10:1: target[1].build.killgrace: unknown key (did you mean "kill_grace"?))");
+  }
+  SUBCASE("health") {
+    CHECK(error_in(R"(
+[[target]]
+name = "prod"
+marker_dir = "/m"
+checkout = "/c"
+restart = { command = ["r"] }
+
+[target.health]
+url = "http://localhost/"
+sucesses = 3
+)") == R"(/etc/ds.toml:9:1: target[1].health.sucesses: unknown key (did you mean "successes"?))");
+  }
+  SUBCASE("idle") {
+    CHECK(error_in(kMinimalTarget + R"(
+[target.idle]
+command = ["idle"]
+quite = "5s"
+)") == R"(/etc/ds.toml:10:1: target[1].idle.quite: unknown key (did you mean "quiet"?))");
+  }
+}
+
+TEST_CASE("of several unknown keys the first in the file is reported") {
+  CHECK(error_in(R"(
+zzz = 1
+aaa = 2
+)") == "/etc/ds.toml:1:1: zzz: unknown key (valid keys here: sentinel, target)");
+}
+
+TEST_CASE("a key that needs quotes is shown quoted") {
+  CHECK(error_in(R"(
+[sentinel]
+"log level" = "info"
+)") == R"(/etc/ds.toml:2:1: sentinel."log level": unknown key (did you mean "log_level"?))");
+}
+
+TEST_CASE("a duration without a unit or with words is reported with what was written") {
+  const std::string target = R"(
+[[target]]
+name = "prod"
+marker_dir = "/m"
+checkout = "/c"
+restart = { command = ["r"] }
+
+[target.health]
+url = "http://localhost/"
+)";
+  CHECK(
+      error_in(target + R"(interval = "5 seconds")") ==
+      R"(/etc/ds.toml:9:12: target[1].health.interval: expected a duration like "30s" or "500ms", got "5 seconds")");
+  CHECK(
+      error_in(target + "deadline = 60") ==
+      R"(/etc/ds.toml:9:12: target[1].health.deadline: expected a duration like "30s" or "500ms", got 60 (a duration is a string with a unit))");
+  CHECK(
+      error_in(target + "grace = true") ==
+      R"(/etc/ds.toml:9:9: target[1].health.grace: expected a duration like "30s" or "500ms", got a boolean)");
+}
+
+TEST_CASE("a zero timeout, interval or deadline is rejected but a zero grace is not") {
+  CHECK(error_in(R"(
+[[target]]
+name = "prod"
+marker_dir = "/m"
+checkout = "/c"
+restart = { command = ["r"], timeout = "0s" }
+)") == R"(/etc/ds.toml:5:40: target[1].restart.timeout: must be longer than zero, like "1s")");
+  CHECK(error_in(kMinimalTarget + R"(idle = { command = ["i"], interval = "0ms" })") ==
+        R"(/etc/ds.toml:7:38: target[1].idle.interval: must be longer than zero, like "1s")");
+
+  const Config config = parse(kMinimalTarget + R"(idle = { command = ["i"], quiet = "0s" })");
+  CHECK(config.targets[0].idle->quiet == 0s);
+}
+
+TEST_CASE("a command that is not an array of strings is reported with an example") {
+  const std::string head = R"(
+[[target]]
+name = "prod"
+marker_dir = "/m"
+checkout = "/c"
+health = { url = "http://localhost/" }
+)";
+  CHECK(
+      error_in(head + R"(restart = { command = "systemctl restart app" })") ==
+      R"(/etc/ds.toml:6:23: target[1].restart.command: expected an array of strings, like ["systemctl", "restart", "app"])");
+  CHECK(
+      error_in(head + R"(restart = { command = [] })") ==
+      R"(/etc/ds.toml:6:23: target[1].restart.command: is empty; expected an array of strings, like ["systemctl", "restart", "app"])");
+  CHECK(error_in(head + R"(restart = { command = ["kill", 9] })") ==
+        R"(/etc/ds.toml:6:32: target[1].restart.command[2]: expected a string, got an integer)");
+  CHECK(error_in(head + R"(restart = { command = ["", "x"] })") ==
+        R"(/etc/ds.toml:6:24: target[1].restart.command[1]: must not be an empty string)");
+}
+
+TEST_CASE("a missing required key is reported at the table that should hold it") {
+  CHECK(error_in(R"(
+[[target]]
+name = "prod"
+marker_dir = "/m"
+checkout = "/c"
+health = { url = "http://localhost/" }
+)") == "/etc/ds.toml:1:1: target[1].restart: required key missing");
+  CHECK(error_in(R"(
+[[target]]
+marker_dir = "/m"
+)") == "/etc/ds.toml:1:1: target[1].name: required key missing");
+  CHECK(error_in(R"(
+[[target]]
+name = "prod"
+checkout = "/c"
+)") == "/etc/ds.toml:1:1: target[1].marker_dir: required key missing");
+  CHECK(error_in(R"(
+[[target]]
+name = "prod"
+marker_dir = "/m"
+)") == "/etc/ds.toml:1:1: target[1].checkout: required key missing");
+  CHECK(error_in(R"(
+[[target]]
+name = "prod"
+marker_dir = "/m"
+checkout = "/c"
+restart = { command = ["r"] }
+)") == "/etc/ds.toml:1:1: target[1].health: required key missing");
+  CHECK(error_in(R"(
+[[target]]
+name = "prod"
+marker_dir = "/m"
+checkout = "/c"
+health = { url = "http://localhost/" }
+
+[target.restart]
+timeout = "1s"
+)") == "/etc/ds.toml:7:1: target[1].restart.command: required key missing");
+  CHECK(error_in(kMinimalTarget + R"(idle = { quiet = "1s" })") ==
+        "/etc/ds.toml:7:8: target[1].idle.command: required key missing");
+}
+
+TEST_CASE("a file without targets is told to add one") {
+  CHECK(error_in("") == "/etc/ds.toml:1:1: target: at least one [[target]] is required");
+  CHECK(error_in(R"(
+[sentinel]
+log_level = "debug"
+)") == "/etc/ds.toml:1:1: target: at least one [[target]] is required");
+  CHECK(error_in(R"(
+# no targets yet
+target = []
+)") == "/etc/ds.toml:2:10: target: at least one [[target]] is required");
+}
+
+TEST_CASE("a target written as a single table or a plain value is rejected") {
+  CHECK(error_in(R"(target = "prod")") ==
+        "/etc/ds.toml:1:10: target: expected [[target]] tables, got a string");
+  CHECK(error_in(R"(
+[target]
+name = "prod"
+)") == "/etc/ds.toml:1:1: target: expected [[target]] tables, got a table (write [[target]], not "
+       "[target])");
+  CHECK(error_in(R"(target = ["prod"])") ==
+        "/etc/ds.toml:1:11: target[1]: expected a table, got a string");
+}
+
+TEST_CASE("two targets with the same name are rejected at the second name") {
+  CHECK(
+      error_in(kMinimalTarget + kMinimalTarget) ==
+      R"(/etc/ds.toml:9:8: target[2].name: duplicate target name "prod" (target[1] has it too); names must be unique)");
+}
+
+TEST_CASE("health needs exactly one of url and command") {
+  const std::string head = R"(
+[[target]]
+name = "prod"
+marker_dir = "/m"
+checkout = "/c"
+restart = { command = ["r"] }
+)";
+  CHECK(error_in(head + R"(health = { url = "http://localhost/", command = ["true"] })") ==
+        "/etc/ds.toml:6:10: target[1].health: give either url or command, not both");
+  CHECK(
+      error_in(head + R"(
+[target.health]
+interval = "1s"
+)") ==
+      R"(/etc/ds.toml:7:1: target[1].health: needs url = "http://127.0.0.1:8080/health" or command = ["systemctl", "restart", "app"])");
+}
+
+TEST_CASE("successes must be a whole number of at least one") {
+  const std::string head = R"(
+[[target]]
+name = "prod"
+marker_dir = "/m"
+checkout = "/c"
+restart = { command = ["r"] }
+)";
+  CHECK(error_in(head + R"(health = { url = "http://localhost/", successes = 0 })") ==
+        "/etc/ds.toml:6:51: target[1].health.successes: must be at least 1, got 0");
+  CHECK(error_in(head + R"(health = { url = "http://localhost/", successes = "3" })") ==
+        "/etc/ds.toml:6:51: target[1].health.successes: expected an integer, got a string");
+  CHECK(error_in(head + R"(health = { url = "http://localhost/", successes = 4294967296 })") ==
+        "/etc/ds.toml:6:51: target[1].health.successes: must be at most 2147483647, got "
+        "4294967296");
+  CHECK(parse(head + R"(health = { url = "http://localhost/", successes = 1 })")
+            .targets[0]
+            .health.successes == 1);
+}
+
+TEST_CASE("a health url must be plain http with a host and a valid port") {
+  const auto error_for_url = [](const std::string& url) {
+    return error_in(R"(
+[[target]]
+name = "prod"
+marker_dir = "/m"
+checkout = "/c"
+restart = { command = ["r"] }
+health = { url = ")" +
+                    url + "\" }\n");
+  };
+  const std::string where = "/etc/ds.toml:6:18: target[1].health.url: ";
+  CHECK(
+      error_for_url("https://localhost/") ==
+      where +
+          R"(HTTPS is not supported; probe the service's plain-HTTP port, like "http://127.0.0.1:8080/health")");
+  CHECK(
+      error_for_url("localhost:8080") ==
+      where +
+          R"(expected an http:// URL, like "http://127.0.0.1:8080/health", got "localhost:8080")");
+  CHECK(error_for_url("http:///health") ==
+        where + R"(the URL has no host; write it like "http://127.0.0.1:8080/health")");
+  CHECK(error_for_url("http://:8080/") ==
+        where + R"(the URL has no host; write it like "http://127.0.0.1:8080/health")");
+  CHECK(error_for_url("http://user@host/") ==
+        where + R"(the host "user@host" is not a host name or IP address)");
+  CHECK(error_for_url("http://[::1/") ==
+        where + R"(the host in "http://[::1/" is not an IPv6 address like [::1])");
+  for (const char* port : {"0", "65536", "80a", "", "123456"}) {
+    CAPTURE(port);
+    CHECK(error_for_url("http://localhost:" + std::string(port) + "/") ==
+          where + "the port must be a number from 1 to 65535, got \"" + port + "\"");
+  }
+}
+
+TEST_CASE("a target name must be short and made of safe characters") {
+  const auto error_for_name = [](const std::string& name) {
+    return error_in("[[target]]\nname = \"" + name + "\"\n");
+  };
+  CHECK(
+      error_for_name("my app") ==
+      R"(/etc/ds.toml:2:8: target[1].name: expected a name made of letters, digits, ".", "_" and "-", like "prod", got "my app")");
+  CHECK(
+      error_for_name("") ==
+      R"(/etc/ds.toml:2:8: target[1].name: expected a name made of letters, digits, ".", "_" and "-", like "prod", got "")");
+  CHECK(
+      error_for_name("..") ==
+      R"(/etc/ds.toml:2:8: target[1].name: ".." cannot be a name (names are used in file names))");
+  CHECK(error_for_name(std::string(65, 'a')) ==
+        "/etc/ds.toml:2:8: target[1].name: is 65 characters long; the limit is 64");
+  CHECK(error_in("[[target]]\nname = \"" + std::string(64, 'a') + "\"\n") ==
+        "/etc/ds.toml:1:1: target[1].marker_dir: required key missing");
+}
+
+TEST_CASE("a log level that does not exist lists the ones that do") {
+  CHECK(
+      error_in(R"(
+[sentinel]
+log_level = "warning"
+)") ==
+      R"(/etc/ds.toml:2:13: sentinel.log_level: expected one of trace, debug, info, warn, error, critical, off, got "warning")");
+}
+
+TEST_CASE("paths must be non-empty strings and not start with ~") {
+  CHECK(error_in(R"(
+[sentinel]
+state_dir = ""
+)") == "/etc/ds.toml:2:13: sentinel.state_dir: must not be empty; give a directory");
+  CHECK(error_in(R"(
+[sentinel]
+state_dir = 5
+)") == "/etc/ds.toml:2:13: sentinel.state_dir: expected a string, got an integer");
+  CHECK(
+      error_in(R"(
+[[target]]
+name = "prod"
+marker_dir = "~/markers"
+)") ==
+      R"(/etc/ds.toml:3:14: target[1].marker_dir: "~" is not expanded here; write the full path, like "/home/user/app")");
+}
+
+TEST_CASE("a table given as a plain value is rejected with its type") {
+  CHECK(error_in(R"(sentinel = "prod")") ==
+        "/etc/ds.toml:1:12: sentinel: expected a table ([section] or { ... }), got a string");
+  CHECK(error_in(R"(
+[[target]]
+name = "prod"
+marker_dir = "/m"
+checkout = "/c"
+restart = "systemctl restart app"
+)") == "/etc/ds.toml:5:11: target[1].restart: expected a table ([section] or { ... }), got a "
+       "string");
+}
+
+TEST_CASE("a TOML syntax error is reported with toml++'s description and position") {
+  CHECK(
+      error_in(R"(
+[sentinel]
+log_level = yes
+)") ==
+      "/etc/ds.toml:2:13: syntax error: Error while parsing value: could not determine value type");
+  CHECK(
+      error_in(R"(
+[sentinel
+log_level = "info"
+)") ==
+      R"(/etc/ds.toml:1:10: syntax error: Error while parsing table header: expected ']', saw '\n')");
+  CHECK(error_in(R"(
+[sentinel]
+log_level = "info"
+log_level = "debug"
+)") == "/etc/ds.toml:3:13: syntax error: Error while parsing key-value pair: cannot redefine "
+       "existing string 'log_level'");
+}
+
+TEST_CASE("a config file on disk is read, and relative paths are taken from its directory") {
+  const TempDir dir;
+  const fs::path file = dir.path() / "ds.toml";
+  std::ofstream(file) << "[sentinel]\nstate_dir = \"state\"\n" << lines(kMinimalTarget);
+
+  const Config config = load_config(file);
+  CHECK(config.source == file);
+  CHECK(config.state_dir == dir.path() / "state");
+  REQUIRE(config.targets.size() == 1);
+  CHECK(config.targets[0].name == "prod");
+}
+
+TEST_CASE("errors in a file on disk name the file as it was given") {
+  const TempDir dir;
+  const fs::path file = dir.path() / "ds.toml";
+  std::ofstream(file) << "[sentinel]\nlog_levl = \"info\"\n";
+  CHECK_THROWS_WITH_AS(
+      load_config(file),
+      (file.string() + R"(:2:1: sentinel.log_levl: unknown key (did you mean "log_level"?))")
+          .c_str(),
+      ConfigError);
+}
+
+TEST_CASE("a missing or unreadable config file is a config error naming the file") {
+  const TempDir dir;
+  const fs::path missing = dir.path() / "missing.toml";
+  CHECK_THROWS_WITH_AS(load_config(missing),
+                       (missing.string() + ": cannot read: No such file or directory").c_str(),
+                       ConfigError);
+  CHECK_THROWS_WITH_AS(load_config(dir.path()),
+                       (dir.path().string() + ": cannot read: Is a directory").c_str(),
+                       ConfigError);
+}
+
+}  // namespace
+}  // namespace sentinel

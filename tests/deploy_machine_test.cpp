@@ -1,0 +1,358 @@
+// The deploy policy with scripted answers from the outside world, on real files in a temp dir.
+#include "deploy_machine.h"
+#include "marker.h"
+#include "test_support.h"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/json.hpp>
+#include <doctest/doctest.h>
+
+#include <deque>
+#include <functional>
+
+using namespace sentinel;
+using namespace std::chrono_literals;
+using sentinel::test::TempDir;
+namespace asio = boost::asio;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kGood = "1111111111111111111111111111111111111111";
+const std::string kBad = "2222222222222222222222222222222222222222";
+const std::string kNext = "3333333333333333333333333333333333333333";
+
+RunResult exited(int code) {
+  RunResult r;
+  r.end = RunResult::End::exited;
+  r.code = code;
+  r.tail = {"line from the command"};
+  return r;
+}
+
+/// Answers like a checkout whose code decides its health: by default a commit is healthy
+/// unless listed in `broken`. Everything asked is appended to `calls`.
+struct ScriptedWorld final : TargetActions {
+  std::string head_commit = kGood;
+  std::vector<std::string> broken;
+  std::deque<IdleAnswer::State> idle_answers;  // then idle forever
+  std::deque<bool> probe_answers;              // overrides the broken list while non-empty
+  std::deque<int> restart_statuses;  // then 0
+  int reset_status = 0;
+  std::function<void()> during_restart;
+  std::vector<std::string> calls;
+
+  bool is_broken(const std::string& c) const { return std::find(broken.begin(), broken.end(), c) != broken.end(); }
+
+  asio::awaitable<RunResult> restart(std::function<void()> on_started) override {
+    calls.push_back("restart " + head_commit.substr(0, 4));
+    on_started();
+    if (during_restart) std::exchange(during_restart, nullptr)();
+    int status = 0;
+    if (!restart_statuses.empty()) {
+      status = restart_statuses.front();
+      restart_statuses.pop_front();
+    }
+    co_return exited(status);
+  }
+  asio::awaitable<RunResult> build() override {
+    calls.push_back("build " + head_commit.substr(0, 4));
+    co_return exited(0);
+  }
+  asio::awaitable<ProbeResult> probe() override {
+    bool healthy = !is_broken(head_commit);
+    if (!probe_answers.empty()) {
+      healthy = probe_answers.front();
+      probe_answers.pop_front();
+    }
+    calls.push_back(healthy ? "probe ok" : "probe bad");
+    co_return ProbeResult{healthy, healthy ? "HTTP 200" : "HTTP 503"};
+  }
+  asio::awaitable<IdleAnswer> idle() override {
+    auto state = IdleAnswer::State::idle;
+    if (!idle_answers.empty()) {
+      state = idle_answers.front();
+      idle_answers.pop_front();
+    }
+    calls.push_back(state == IdleAnswer::State::idle ? "idle" : "busy");
+    co_return IdleAnswer{state, state == IdleAnswer::State::idle ? "idle" : "busy"};
+  }
+  asio::awaitable<HeadCommit> head() override { co_return HeadCommit{head_commit, {}}; }
+  asio::awaitable<RunResult> reset_to(std::string commit) override {
+    calls.push_back("reset " + commit.substr(0, 4));
+    if (reset_status == 0) head_commit = commit;
+    co_return exited(reset_status);
+  }
+
+  int count(const std::string& call) const { return static_cast<int>(std::count(calls.begin(), calls.end(), call)); }
+};
+
+/// One target with tiny durations, its marker and state directories, and a running machine.
+struct Rig {
+  TempDir tmp;
+  TargetConfig target;
+  StateStore store{tmp / "state"};
+  ScriptedWorld world;
+  asio::io_context ctx;
+  std::shared_ptr<DeployMachine> machine;
+
+  Rig() {
+    target.name = "prod";
+    target.marker_dir = tmp / "markers";
+    target.checkout = tmp.path();
+    target.restart.argv = {"restart"};
+    target.health.url = "http://127.0.0.1:1/health";
+    target.health.grace = 0ms;
+    target.health.interval = 1ms;
+    target.health.successes = 2;
+    target.health.deadline = 30ms;
+    fs::create_directories(target.marker_dir);
+    store.prepare({"prod"});
+  }
+
+  fs::path marker(std::string_view name) const { return target.marker_dir / name; }
+  bool has(std::string_view name) const { return fs::exists(fs::symlink_status(marker(name))); }
+  void stage(const std::string& text = "") { sentinel::test::write_file(marker(marker_file::ready), text); }
+
+  void start() {
+    machine = std::make_shared<DeployMachine>(target, store, world, ctx.get_executor());
+    auto run = [](std::shared_ptr<DeployMachine> m) -> asio::awaitable<void> { co_await m->run(); };
+    asio::co_spawn(ctx, run(machine), [](std::exception_ptr e) {
+      if (e) std::rethrow_exception(e);
+    });
+  }
+
+  /// Runs the loop until `done()` or 5 s; false on timeout.
+  bool run_until(const std::function<bool()>& done) {
+    const auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (!done()) {
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      ctx.run_one_for(10ms);
+    }
+    return true;
+  }
+
+  /// The machine has finished everything on disk and waits for news.
+  bool settled() const {
+    return machine->phase() == DeployMachine::Phase::watching && !has(marker_file::ready) &&
+           !has(marker_file::in_progress);
+  }
+
+  boost::json::object json_of(std::string_view name) const {
+    return boost::json::parse(sentinel::test::read_file(marker(name))).as_object();
+  }
+  std::string last_result() const {
+    auto s = store.read_status("prod");
+    return s && s->last_outcome ? s->last_outcome->result : "";
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a staged deploy is restarted, verified and recorded as the known-good commit") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kNext;
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.settled(); }));
+  CHECK(rig.world.calls == std::vector<std::string>{"restart 3333", "probe ok", "probe ok"});
+  CHECK(rig.store.known_good("prod") == kNext);
+  CHECK(rig.last_result() == "deployed");
+  CHECK_FALSE(rig.has(marker_file::reverted));
+}
+
+TEST_CASE("an unhealthy commit is reverted to the last known-good commit, rebuilt, and the agent is told why") {
+  Rig rig;
+  rig.target.build = CommandSpec{{"build"}};
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kBad;
+  rig.world.broken = {kBad};
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.settled() && rig.last_result() == "reverted"; }));
+  const auto& calls = rig.world.calls;
+  auto at = [&](const std::string& c) { return std::find(calls.begin(), calls.end(), c) - calls.begin(); };
+  CHECK(at("restart 2222") < at("reset 1111"));
+  CHECK(at("reset 1111") < at("build 1111"));
+  CHECK(at("build 1111") < at("restart 1111"));
+  CHECK(rig.world.count("probe bad") >= 1);
+  auto reverted = rig.json_of(marker_file::reverted);
+  CHECK(reverted["failed_commit"].as_string() == kBad);
+  CHECK(reverted["reverted_to"].as_string() == kGood);
+  CHECK(std::string(reverted["reason"].as_string()).find("not healthy within") != std::string::npos);
+  CHECK(rig.store.known_good("prod") == kGood);
+}
+
+TEST_CASE("the revert goes to the recorded known-good commit, not to the commit before the broken one") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kBad;  // kNext was never deployed: HEAD~1 would be wrong
+  rig.world.broken = {kBad, kNext};
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.settled() && rig.last_result() == "reverted"; }));
+  CHECK(rig.world.count("reset 1111") == 1);
+  CHECK(rig.world.head_commit == kGood);
+}
+
+TEST_CASE("a restart command that fails counts as a failed deploy and is reverted without probing it") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kBad;
+  rig.world.restart_statuses = {1};
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.settled(); }));
+  CHECK(rig.world.calls.front() == "restart 2222");
+  CHECK(rig.world.calls.at(1) == "reset 1111");
+  auto reverted = rig.json_of(marker_file::reverted);
+  CHECK(std::string(reverted["reason"].as_string()) == "the restart command exited with status 1");
+  CHECK(reverted["output"].as_array().size() == 1);
+}
+
+TEST_CASE("a flapping service is not healthy: successes must come in a row") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kNext;
+  rig.target.health.successes = 3;
+  rig.target.health.deadline = 40ms;
+  rig.world.broken = {kNext};  // once the scripted flaps run out, it stays unhealthy
+  rig.world.probe_answers = {true, false, true, true, false, true, false, true, true, false};
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.settled() && rig.last_result() == "reverted"; }));
+  CHECK(rig.world.count("restart 3333") == 1);
+  CHECK(rig.world.count("reset 1111") == 1);
+}
+
+TEST_CASE("when the revert fails too the target is quarantined, and later markers wait until it is lifted") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kBad;
+  rig.world.broken = {kBad};
+  rig.world.reset_status = 128;
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.machine->phase() == DeployMachine::Phase::quarantined; }));
+  auto failed = rig.json_of(marker_file::failed);
+  CHECK(failed["failed_commit"].as_string() == kBad);
+  CHECK(std::string(failed["revert_error"].as_string()).find("git reset --hard") != std::string::npos);
+  CHECK(rig.last_result() == "failed");
+  CHECK_FALSE(rig.has(marker_file::in_progress));
+
+  rig.world.reset_status = 0;
+  rig.world.head_commit = kNext;
+  rig.stage();
+  rig.machine->poke();
+  rig.ctx.poll();
+  CHECK(rig.has(marker_file::ready));  // kept, not claimed, not lost
+  CHECK(rig.world.count("restart 3333") == 0);
+
+  fs::remove(rig.marker(marker_file::failed));
+  rig.machine->poke();
+  REQUIRE(rig.run_until([&] { return rig.settled(); }));
+  CHECK(rig.world.count("restart 3333") == 1);
+  CHECK(rig.last_result() == "deployed");
+}
+
+TEST_CASE("a target whose revert fails is still quarantined after the daemon restarts") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  sentinel::test::write_file(rig.marker(marker_file::failed), "{}");
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.machine->phase() == DeployMachine::Phase::quarantined; }));
+  CHECK(rig.has(marker_file::ready));
+  CHECK(rig.world.calls.empty());
+}
+
+TEST_CASE("a marker that arrives during a deploy is deployed after it, not lost") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kNext;
+  rig.world.during_restart = [&] {
+    rig.world.head_commit = kBad;  // the agent commits again and stages while we restart
+    rig.stage("{\"commit\":\"" + kBad + "\"}");
+    rig.machine->poke();
+  };
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.settled() && rig.world.count("restart 2222") == 1; }));
+  CHECK(rig.store.known_good("prod") == kBad);
+}
+
+TEST_CASE("a marker naming another commit than HEAD is refused, moved aside, and the machine goes on") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kNext;
+  rig.stage("{\"commit\":\"2222222\"}");
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.has(marker_file::rejected) && rig.settled(); }));
+  CHECK(rig.world.count("restart 3333") == 0);
+  CHECK(rig.has(marker_file::rejected_marker));
+  auto rejected = rig.json_of(marker_file::rejected);
+  CHECK(std::string(rejected["reason"].as_string()).find("HEAD is " + kNext) != std::string::npos);
+
+  rig.stage("{\"commit\":\"3333333\"}");  // an abbreviated SHA of HEAD is fine
+  rig.machine->poke();
+  REQUIRE(rig.run_until([&] { return rig.world.count("restart 3333") == 1 && rig.settled(); }));
+}
+
+TEST_CASE("no restart while the agent is busy; the restart comes after idle has held for quiet") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kNext;
+  rig.target.idle = IdleConfig{{"agent-idle"}, 1ms, 5ms, 1s};
+  rig.world.idle_answers = {IdleAnswer::State::busy, IdleAnswer::State::idle, IdleAnswer::State::busy,
+                            IdleAnswer::State::unknown, IdleAnswer::State::busy};
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.settled(); }));
+  const auto& calls = rig.world.calls;
+  auto restart = std::find(calls.begin(), calls.end(), "restart 3333");
+  REQUIRE(restart != calls.end());
+  CHECK(std::count(calls.begin(), restart, "busy") == 4);  // unknown counts as busy
+  CHECK(std::count(calls.begin(), restart, "idle") >= 3);  // idle twice in a row at least, then once more
+  CHECK(*(restart - 1) == "idle");
+  CHECK(*(restart - 2) == "idle");
+}
+
+TEST_CASE("a deploy left in progress by a previous run is resumed, not lost") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kNext;
+  sentinel::test::write_file(rig.marker(marker_file::in_progress),
+                             "{\"phase\":\"restarting\",\"commit\":\"" + kNext + "\",\"pid\":1}");
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.settled(); }));
+  CHECK(rig.world.count("restart 3333") == 1);
+  CHECK(rig.store.known_good("prod") == kNext);
+}
+
+TEST_CASE("a healthy production at first start records HEAD as known-good, so the first bad deploy can revert") {
+  Rig rig;
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.machine->phase() == DeployMachine::Phase::watching; }));
+  CHECK(rig.store.known_good("prod") == kGood);
+
+  rig.world.head_commit = kBad;
+  rig.world.broken = {kBad};
+  rig.stage();
+  rig.machine->poke();
+  REQUIRE(rig.run_until([&] { return rig.settled() && rig.last_result() == "reverted"; }));
+  CHECK(rig.world.head_commit == kGood);
+}
+
+TEST_CASE("with no known-good commit a failed deploy is quarantined with that reason instead of guessing") {
+  Rig rig;
+  rig.world.head_commit = kBad;
+  rig.world.broken = {kBad};
+  rig.stage();  // staged before the first start: HEAD may not be what runs
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.machine->phase() == DeployMachine::Phase::quarantined; }));
+  auto failed = rig.json_of(marker_file::failed);
+  CHECK(std::string(failed["revert_error"].as_string()) == "no known-good commit exists to revert to");
+  CHECK(rig.world.count("reset 1111") == 0);
+}

@@ -1,0 +1,104 @@
+#pragma once
+// The end-to-end rig: a real git checkout, the real fake-service as production, the real
+// daemon binary with its log read line by line, all in a temp dir on 127.0.0.1.
+
+#include "test_support.h"
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace sentinel::test {
+
+/// What a finished command printed and how it ended.
+struct CommandOutput {
+  int status = -1;  // exit status, or 128 + signal
+  std::string out;
+  std::string err;
+};
+
+/// Runs argv to completion (no shell), in `cwd` when given.
+CommandOutput run_program(const std::vector<std::string>& argv, const std::filesystem::path& cwd = {});
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+int free_port();
+
+/// True when `pid` no longer runs (gone, or a zombie waiting for its parent).
+bool process_gone(pid_t pid);
+
+/// The daemon as a child process; its stderr and stdout are read as log lines.
+class DaemonProcess {
+ public:
+  DaemonProcess(const std::filesystem::path& config, const std::filesystem::path& log_copy);
+  ~DaemonProcess();
+  DaemonProcess(const DaemonProcess&) = delete;
+  DaemonProcess& operator=(const DaemonProcess&) = delete;
+
+  /// Waits until a log line contains `text` (lines already seen count, from `from` on); returns
+  /// its index, or -1 after `timeout` or if the daemon exited.
+  int wait_for_line(const std::string& text, std::chrono::milliseconds timeout = std::chrono::seconds(10),
+                    int from = 0);
+  /// How many log lines contain `text` so far.
+  int count_lines(const std::string& text);
+  /// SIGTERM, then waits for exit; returns the exit status (128 + signal if killed).
+  int stop();
+  pid_t pid() const { return pid_; }
+  const std::vector<std::string>& lines() const { return lines_; }
+
+ private:
+  bool read_more(std::chrono::milliseconds timeout);
+  pid_t pid_ = -1;
+  int fd_ = -1;
+  std::string partial_;
+  std::vector<std::string> lines_;
+  std::filesystem::path log_copy_;
+  int exit_status_ = -1;
+};
+
+/// One production target: checkout, marker dir, state dir, a service on a free port.
+class Production {
+ public:
+  struct Options {
+    std::string restart_timeout = "5s";
+    std::string deadline = "3s";
+    bool with_build = false;
+    bool with_idle = false;
+    std::string quiet = "300ms";
+  };
+  explicit Production(Options options);
+  Production() : Production(Options{}) {}
+  ~Production();
+
+  /// Commits a change that makes the service run in `mode` (healthy, unhealthy, hang, slow:MS, ...);
+  /// returns the full SHA.
+  std::string commit(const std::string& mode);
+  std::string head();
+  /// Stages like most agents: write a temp file, rename it to .deploy-ready.
+  void stage_by_rename(const std::string& text = "");
+  /// Stages by writing .deploy-ready in place (open, write, close).
+  void stage_in_place(const std::string& text = "");
+  /// Runs `deploy-sentinel ARGS... --config CONFIG`.
+  CommandOutput cli(std::vector<std::string> args);
+  /// Restart lines the service wrote ("<mode> <pid>"), one per restart.
+  std::vector<std::string> restarts();
+  /// GET /health once; true on 200.
+  bool healthy();
+
+  DaemonProcess& start_daemon();
+  DaemonProcess& daemon() { return *daemon_; }
+
+  std::filesystem::path marker(const std::string& name) const { return markers / name; }
+  bool has(const std::string& name) const;
+
+  TempDir tmp;
+  std::filesystem::path checkout, markers, state, service_dir, config;
+  int port = 0;
+
+ private:
+  std::unique_ptr<DaemonProcess> daemon_;
+};
+
+}  // namespace sentinel::test

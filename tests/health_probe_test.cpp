@@ -1,0 +1,306 @@
+#include "health_probe.h"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/use_future.hpp>
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#ifndef FAKE_SERVICE
+#error "FAKE_SERVICE must name the fake-service binary"
+#endif
+
+extern char** environ;
+
+namespace {
+
+using namespace std::chrono_literals;
+using sentinel::HttpUrl;
+using sentinel::parse_http_url;
+using sentinel::ProbeResult;
+using Clock = std::chrono::steady_clock;
+
+/// A file descriptor closed on scope exit.
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) { REQUIRE(fd_ >= 0); }
+  Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  Fd& operator=(Fd&&) = delete;
+  ~Fd() {
+    if (fd_ >= 0) close(fd_);
+  }
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+sockaddr_in loopback(std::uint16_t port) {
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  return addr;
+}
+
+/// A TCP socket bound to 127.0.0.1 on a port the kernel picked; listening if asked.
+Fd bound_socket(bool listening) {
+  Fd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in addr = loopback(0);
+  REQUIRE(bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  if (listening) REQUIRE(listen(fd.get(), 16) == 0);
+  return fd;
+}
+
+std::uint16_t port_of(const Fd& fd) {
+  sockaddr_in addr{};
+  socklen_t len = sizeof addr;
+  REQUIRE(getsockname(fd.get(), reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  return ntohs(addr.sin_port);
+}
+
+/// A port on 127.0.0.1 that nobody listens on (free when this returns).
+std::uint16_t free_port() { return port_of(bound_socket(false)); }
+
+bool accepts_connection(std::uint16_t port) {
+  Fd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in addr = loopback(port);
+  return connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+}
+
+/// A fresh directory under /tmp, removed with everything in it on scope exit.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern =
+        (std::filesystem::temp_directory_path() / "health-probe-test.XXXXXX").string();
+    REQUIRE(mkdtemp(pattern.data()) != nullptr);
+    path_ = pattern;
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+/// A spawned child, its stdout and stderr appended to `log`; SIGKILLed and reaped on scope
+/// exit unless already reaped.
+class Child {
+ public:
+  Child(std::vector<std::string> args, const std::filesystem::path& log) {
+    std::vector<char*> argv;
+    for (auto& arg : args) argv.push_back(arg.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    int error = posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    REQUIRE(error == 0);
+  }
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+  ~Child() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  /// True (and reaped) if the child has exited.
+  bool exited() {
+    if (pid_ > 0 && waitpid(pid_, nullptr, WNOHANG) == pid_) pid_ = 0;
+    return pid_ == 0;
+  }
+
+ private:
+  pid_t pid_ = 0;
+};
+
+/// A real fake-service on 127.0.0.1, running in `mode` and listening when constructed.
+class FakeService {
+ public:
+  explicit FakeService(const std::string& mode)
+      : port_(free_port()),
+        child_({FAKE_SERVICE, "serve", "--port", std::to_string(port_), "--mode", mode, "--state",
+                dir_.path().string()},
+               dir_.path() / "service.log") {
+    const auto deadline = Clock::now() + 5s;
+    while (!(std::filesystem::exists(dir_.path() / "service.pid") && accepts_connection(port_))) {
+      REQUIRE_MESSAGE(!child_.exited(), "fake-service exited before listening: " << log());
+      REQUIRE_MESSAGE(Clock::now() < deadline, "fake-service did not listen within 5 s: " << log());
+      std::this_thread::sleep_for(5ms);
+    }
+  }
+  std::string log() const {
+    std::ifstream in(dir_.path() / "service.log");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+  std::string url(const std::string& path) const {
+    return "http://127.0.0.1:" + std::to_string(port_) + path;
+  }
+  std::uint16_t port() const { return port_; }
+
+ private:
+  TempDir dir_;
+  std::uint16_t port_;
+  Child child_;
+};
+
+ProbeResult probe(const std::string& url_text, sentinel::Duration timeout = 2s) {
+  auto url = parse_http_url(url_text);
+  REQUIRE(url);
+  boost::asio::io_context ctx;
+  auto fut =
+      boost::asio::co_spawn(ctx, sentinel::probe_http(*url, timeout), boost::asio::use_future);
+  ctx.run();
+  return fut.get();
+}
+
+}  // namespace
+
+TEST_CASE("a plain http URL gives its host, port and target") {
+  auto url = parse_http_url("http://example.com:8080/health?verbose=1");
+  REQUIRE(url);
+  CHECK(url->host == "example.com");
+  CHECK(url->port == 8080);
+  CHECK(url->target == "/health?verbose=1");
+}
+
+TEST_CASE("a URL without port or path means port 80 and target /") {
+  auto url = parse_http_url("http://127.0.0.1");
+  REQUIRE(url);
+  CHECK(url->host == "127.0.0.1");
+  CHECK(url->port == 80);
+  CHECK(url->target == "/");
+  CHECK(parse_http_url("HTTP://localhost/")->target == "/");
+  CHECK(parse_http_url("http://localhost?x=1")->target == "/?x=1");
+  CHECK(parse_http_url("http://localhost/a#fragment")->target == "/a");
+  CHECK(parse_http_url("http://localhost:65535")->port == 65535);
+}
+
+TEST_CASE("an IPv6 literal in brackets is a host and may carry a port") {
+  auto url = parse_http_url("http://[::1]:9000/health");
+  REQUIRE(url);
+  CHECK(url->host == "::1");
+  CHECK(url->port == 9000);
+  CHECK(url->target == "/health");
+  CHECK(parse_http_url("http://[fe80::1]")->port == 80);
+}
+
+TEST_CASE("https, a missing host, a bad port and junk are rejected") {
+  for (const char* bad : {"https://example.com/",
+                          "ftp://example.com",
+                          "example.com/health",
+                          "",
+                          "http://",
+                          "http:///health",
+                          "http://:8080/",
+                          "http://host:0/",
+                          "http://host:65536/",
+                          "http://host:99999999999/",
+                          "http://host:http/",
+                          "http://host:80x/",
+                          "http://host:/",
+                          "http://host:-1/",
+                          "http://[::1/",
+                          "http://[not-ipv6]/",
+                          "http://[::1]x/",
+                          "http://user@host/",
+                          "http://ho st/",
+                          "http://host/a b",
+                          "http://host/\x01"}) {
+    CAPTURE(bad);
+    CHECK_FALSE(parse_http_url(bad));
+  }
+}
+
+TEST_CASE("a healthy service answers 200 and is healthy") {
+  FakeService service("healthy");
+  auto result = probe(service.url("/health"));
+  CHECK(result.healthy);
+  CHECK(result.reason == "HTTP 200");
+}
+
+TEST_CASE("an unhealthy service answers 503 and is not healthy") {
+  FakeService service("unhealthy");
+  auto result = probe(service.url("/health"));
+  CHECK_FALSE(result.healthy);
+  CHECK(result.reason == "HTTP 503");
+}
+
+TEST_CASE("a path the service does not know is not healthy") {
+  FakeService service("healthy");
+  auto result = probe(service.url("/nope"));
+  CHECK_FALSE(result.healthy);
+  CHECK(result.reason == "HTTP 404");
+}
+
+TEST_CASE("a host name is resolved and each address tried until one answers") {
+  FakeService service("healthy");  // listens on 127.0.0.1 only; localhost may resolve to ::1 first
+  auto result = probe("http://localhost:" + std::to_string(service.port()) + "/health");
+  CHECK(result.healthy);
+  CHECK(result.reason == "HTTP 200");
+}
+
+TEST_CASE("a service that closes the connection without answering is not healthy") {
+  FakeService service("crash:0");
+  auto result = probe(service.url("/health"));
+  CHECK_FALSE(result.healthy);
+  CHECK(result.reason == "end of stream");
+}
+
+TEST_CASE("a port where nothing listens is connection refused") {
+  auto result = probe("http://127.0.0.1:" + std::to_string(free_port()) + "/health");
+  CHECK_FALSE(result.healthy);
+  CHECK(result.reason == "connection refused");
+}
+
+TEST_CASE("a listener that never answers times out within the timeout") {
+  Fd listener = bound_socket(true);  // the kernel completes the handshake; nobody accepts
+  const auto start = Clock::now();
+  auto result = probe("http://127.0.0.1:" + std::to_string(port_of(listener)) + "/health", 300ms);
+  const auto elapsed = Clock::now() - start;
+  CHECK_FALSE(result.healthy);
+  CHECK(result.reason == "timed out after 300ms");
+  CHECK(elapsed >= 290ms);
+  CHECK(elapsed < 1s);
+}
+
+TEST_CASE("a timeout of whole seconds is reported in seconds") {
+  Fd listener = bound_socket(true);
+  const auto start = Clock::now();
+  auto result = probe("http://127.0.0.1:" + std::to_string(port_of(listener)) + "/", 1s);
+  CHECK_FALSE(result.healthy);
+  CHECK(result.reason == "timed out after 1s");
+  CHECK(Clock::now() - start < 1700ms);
+}
+
+TEST_CASE("a host name that does not resolve is not healthy and names the host") {
+  auto result = probe("http://nonexistent.invalid/health");  // RFC 6761: never resolves
+  CHECK_FALSE(result.healthy);
+  bool named = result.reason.starts_with("cannot resolve nonexistent.invalid: ");
+  CHECK_MESSAGE((named || result.reason == "timed out after 2s"), result.reason);
+}
