@@ -19,6 +19,7 @@ namespace fs = std::filesystem;
 namespace json = boost::json;
 using Clock = std::chrono::steady_clock;
 using Phase = DeployMachine::Phase;
+using Next = DeployMachine::Next;
 
 namespace {
 
@@ -141,9 +142,9 @@ bool DeployMachine::exists(std::string_view file_name) const {
 }
 
 void DeployMachine::enter(Phase phase, const std::string& commit, const std::string& detail) {
+  if (phase != phase_ || status_.since.empty()) status_.since = now_utc();
   phase_ = phase;
   status_.phase = to_string(phase);
-  status_.since = now_utc();
   status_.commit = commit;
   status_.detail = detail;
   if (auto ec = store_.write_status(target_.name, status_)) {
@@ -250,16 +251,24 @@ asio::awaitable<void> DeployMachine::run() {
     if (phase_ == Phase::quarantined) spdlog::info("{}: quarantine lifted; deploying again", target_.name);
     poked_ = false;  // the disk is looked at now; only later changes need a new look
     Deploy deploy;
-    if (co_await next_deploy(deploy)) {
-      co_await carry_out(deploy);
-      continue;
+    switch (co_await next_deploy(deploy)) {
+      case Next::deploy:
+        co_await carry_out(deploy);
+        break;
+      case Next::refused:
+        break;  // another marker may be waiting already
+      case Next::nothing:
+        if (phase_ != Phase::watching) enter(Phase::watching, "", "");
+        co_await wait_for_poke();
+        break;
+      case Next::stuck:
+        co_await sleep_for(kRetryAfter);  // the error was logged; the marker stays where it is
+        break;
     }
-    if (phase_ != Phase::watching) enter(Phase::watching, "", "");
-    if (!exists(marker_file::ready)) co_await wait_for_poke();
   }
 }
 
-asio::awaitable<bool> DeployMachine::next_deploy(Deploy& deploy) {
+asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) {
   const fs::path record = target_.marker_dir / marker_file::in_progress;
   bool resumed = false;
   if (exists(marker_file::in_progress)) {
@@ -284,11 +293,10 @@ asio::awaitable<bool> DeployMachine::next_deploy(Deploy& deploy) {
   } else {
     boost::system::error_code ec;
     if (!claim_marker(target_.marker_dir, ec)) {
-      if (ec) {
-        spdlog::error("{}: cannot claim {}: {}", target_.name, (target_.marker_dir / marker_file::ready).string(),
-                      ec.message());
-      }
-      co_return false;
+      if (!ec) co_return Next::nothing;
+      spdlog::error("{}: cannot claim {}: {}; trying again in {}", target_.name,
+                    (target_.marker_dir / marker_file::ready).string(), ec.message(), format_duration(kRetryAfter));
+      co_return Next::stuck;
     }
   }
 
@@ -296,7 +304,7 @@ asio::awaitable<bool> DeployMachine::next_deploy(Deploy& deploy) {
     MarkerCheck check = read_marker(record);
     if (!check.ok) {
       reject(marker_file::in_progress, check.reason, check.marker.text);
-      co_return false;
+      co_return Next::refused;
     }
     deploy.marker = check.marker;
     deploy.started_at = now_utc();
@@ -304,14 +312,14 @@ asio::awaitable<bool> DeployMachine::next_deploy(Deploy& deploy) {
   HeadCommit head = co_await actions_.head();
   if (!head.error.empty()) {
     reject(marker_file::in_progress, head.error, deploy.marker.text);
-    co_return false;
+    co_return Next::refused;
   }
   if (!deploy.marker.commit.empty() && !same_commit(head.commit, deploy.marker.commit)) {
     reject(marker_file::in_progress,
            "the marker names commit " + deploy.marker.commit + " but the checkout's HEAD is " + head.commit +
                "; commit first, then stage (deploy-sentinel stage uses HEAD by default)",
            deploy.marker.text);
-    co_return false;
+    co_return Next::refused;
   }
   if (resumed && !deploy.commit.empty() && deploy.commit != head.commit) {
     spdlog::warn("{}: HEAD moved from {} to {} since the record was written; deploying {}", target_.name,
@@ -325,7 +333,7 @@ asio::awaitable<bool> DeployMachine::next_deploy(Deploy& deploy) {
   spdlog::info("{}: claimed deploy of {}{}{}", target_.name, short_sha(deploy.commit),
                deploy.marker.staged_by.empty() ? "" : " staged by " + deploy.marker.staged_by,
                deploy.marker.message.empty() ? "" : ": \"" + deploy.marker.message + "\"");
-  co_return true;
+  co_return Next::deploy;
 }
 
 asio::awaitable<void> DeployMachine::wait_until_idle(Deploy& deploy) {

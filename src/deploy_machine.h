@@ -69,7 +69,13 @@ class DeployMachine {
 
   Phase phase() const { return phase_; }
 
+  /// What the marker directory offered: a deploy to carry out, nothing, a marker refused (look
+  /// again at once), or an error that will not go away by looking again at once.
+  enum class Next { deploy, nothing, refused, stuck };
+
  private:
+  static constexpr Duration kRetryAfter{5000};
+
   struct Deploy;
   struct Verdict {
     bool ok = false;
@@ -81,7 +87,7 @@ class DeployMachine {
   boost::asio::awaitable<void> adopt_running_commit();
   boost::asio::awaitable<void> wait_for_poke();
   boost::asio::awaitable<void> sleep_for(Duration d);
-  boost::asio::awaitable<bool> next_deploy(Deploy& deploy);
+  boost::asio::awaitable<Next> next_deploy(Deploy& deploy);
   boost::asio::awaitable<void> carry_out(Deploy& deploy);
   boost::asio::awaitable<void> wait_until_idle(Deploy& deploy);
   boost::asio::awaitable<Verdict> restart_and_verify(Deploy& deploy, const std::string& commit);

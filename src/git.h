@@ -6,6 +6,7 @@
 #include <boost/asio/awaitable.hpp>
 
 #include <filesystem>
+#include <optional>
 #include <string>
 
 namespace sentinel {
@@ -16,7 +17,11 @@ struct HeadCommit {
   std::string error;
 };
 
-/// Runs `git rev-parse --verify HEAD^{commit}` in `checkout`.
+/// HEAD of `checkout` read from the repository's files (HEAD, loose refs, packed-refs, linked
+/// worktrees); nullopt for anything it does not understand (then ask git).
+std::optional<std::string> read_head(const std::filesystem::path& checkout);
+
+/// HEAD of `checkout`: read_head, or `git rev-parse --verify HEAD^{commit}` when that fails.
 boost::asio::awaitable<HeadCommit> git_head(std::filesystem::path checkout);
 
 /// Runs `git reset --hard COMMIT` in `checkout`, output logged under `log_tag`.

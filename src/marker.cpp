@@ -38,6 +38,39 @@ bool is_printable(std::string_view text) {
   });
 }
 
+/// True when `text` is well-formed UTF-8, which a JSON reader insists on.
+bool is_utf8(std::string_view text) {
+  for (std::size_t i = 0; i < text.size();) {
+    const unsigned char c = text[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    std::size_t len = 0;
+    unsigned char lo = 0x80, hi = 0xBF;  // the allowed range of the second byte
+    if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;  // overlong
+      if (c == 0xED) hi = 0x9F;  // surrogates
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;  // overlong
+      if (c == 0xF4) hi = 0x8F;  // above U+10FFFF
+    } else {
+      return false;
+    }
+    if (text.size() - i < len) return false;
+    for (std::size_t k = 1; k < len; ++k) {
+      const unsigned char next = text[i + k];
+      if (next < (k == 1 ? lo : 0x80) || next > (k == 1 ? hi : 0xBF)) return false;
+    }
+    i += len;
+  }
+  return true;
+}
+
 std::string describe_type(mode_t mode) {
   if (S_ISDIR(mode)) return "a directory";
   if (S_ISFIFO(mode)) return "a FIFO";
@@ -195,7 +228,8 @@ error_code reject_marker(const fs::path& dir, std::string_view name, std::string
   json::object doc;
   doc["reason"] = reason;
   doc["at"] = format_utc(std::chrono::system_clock::now());
-  if (!text.empty() && text.size() <= 4096 && is_printable(text)) doc["marker"] = text;
+  // Boost.JSON writes strings byte for byte: text that is not UTF-8 would make the record unreadable.
+  if (!text.empty() && text.size() <= 4096 && is_printable(text) && is_utf8(text)) doc["marker"] = text;
   ec = write_file_atomic(dir / marker_file::rejected, json::serialize(doc) + "\n", false);
   return first ? first : ec;
 }
