@@ -10,7 +10,12 @@
 #include <boost/asio/signal_set.hpp>
 #include <spdlog/spdlog.h>
 
+#include <linux/close_range.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <memory>
 
 namespace sentinel {
@@ -34,6 +39,11 @@ struct TargetRuntime {
 }  // namespace
 
 int run_daemon(const Config& config) {
+  // Whatever the daemon was started with beyond stdio (a shell's stray fds, a test runner's
+  // pipes) must not reach production's restart command either.
+  if (::close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
+    spdlog::warn("cannot mark inherited file descriptors close-on-exec: {}", std::strerror(errno));
+  }
   std::vector<std::string> names;
   for (const auto& target : config.targets) names.push_back(target.name);
   StateStore store(config.state_dir);

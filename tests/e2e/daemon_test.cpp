@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include <fstream>
+#include <sstream>
 
 using namespace sentinel::test;
 using namespace std::chrono_literals;
@@ -56,6 +57,24 @@ TEST_CASE("a marker written in place is deployed once, after it is closed") {
   CHECK(daemon.stop() == 0);
   CHECK(prod.restarts().size() == 2);
   CHECK(daemon.count_lines("refused") == 0);
+}
+
+TEST_CASE("the restart command inherits no file descriptor of the daemon but stdin, stdout and stderr") {
+  Production prod;
+  auto& daemon = started(prod);
+  std::string sha = prod.commit("healthy");
+  prod.stage_by_rename();
+  REQUIRE(daemon.wait_for_line("deployed " + short_sha(sha)) >= 0);
+  std::istringstream fds(read_file(prod.service_dir / "restart.fds"));
+  std::vector<std::string> unexpected;
+  for (std::string line; std::getline(fds, line);) {
+    int fd = std::stoi(line);
+    bool listing = line.find("/proc/") != std::string::npos && line.find("/fd") != std::string::npos;
+    if (fd > 2 && !listing) unexpected.push_back(line);
+  }
+  for (const auto& line : unexpected) INFO("leaked: " << line);
+  CHECK_MESSAGE(unexpected.empty(), "leaked fds: " << unexpected.size() << " first: " << (unexpected.empty() ? "" : unexpected.front()));
+  CHECK(read_file(prod.service_dir / "restart.fds").find("0 -> /dev/null") != std::string::npos);
 }
 
 TEST_CASE("a marker already there at start-up is deployed") {

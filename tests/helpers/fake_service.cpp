@@ -331,7 +331,19 @@ std::string last_line_of(const std::string& path) {
   return last;
 }
 
+/// The fds this process was started with, one per line, so tests can see what leaked into it.
+std::string inherited_fds() {
+  std::string fds;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    fds += entry.path().filename().string() + " -> ";
+    std::error_code ec;
+    fds += std::filesystem::read_symlink(entry.path(), ec).string() + "\n";
+  }
+  return fds;
+}
+
 int restart(int port, const std::string& dir, const std::string& mode_file) {
+  const std::string fds = inherited_fds();
   std::ifstream in(mode_file);
   std::string mode = "healthy";
   if (std::string line; in && std::getline(in, line)) {
@@ -339,6 +351,7 @@ int restart(int port, const std::string& dir, const std::string& mode_file) {
     if (first != std::string::npos) mode = line.substr(first, last - first + 1);
   }
   mkdir(dir.c_str(), 0755);
+  write_file_atomic(dir + "/restart.fds", fds);
   if (mode == "hang") hang(dir);
   if (mode == "fail") fail(1, "cannot start: simulated failure");
   if (!parse_mode(mode)) fail(1, "cannot start: unknown mode '" + mode + "' in " + mode_file);
