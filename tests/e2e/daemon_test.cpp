@@ -77,6 +77,18 @@ TEST_CASE("the restart command inherits no file descriptor of the daemon but std
   CHECK(read_file(prod.service_dir / "restart.fds").find("0 -> /dev/null") != std::string::npos);
 }
 
+TEST_CASE("under systemd the log carries journal priority prefixes instead of timestamps") {
+  Production prod;
+  auto& daemon = prod.start_daemon(true);
+  int line = daemon.wait_for_line("prod: watching");
+  REQUIRE(line >= 0);
+  CHECK(daemon.lines()[static_cast<std::size_t>(line)].starts_with("<6>prod: watching"));
+  fs::remove_all(prod.markers);
+  line = daemon.wait_for_line("disappeared");
+  REQUIRE(line >= 0);
+  CHECK(daemon.lines()[static_cast<std::size_t>(line)].starts_with("<4>prod: marker directory"));
+}
+
 TEST_CASE("a marker already there at start-up is deployed") {
   Production prod;
   std::string sha = prod.commit("healthy");

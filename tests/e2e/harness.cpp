@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -26,7 +27,8 @@ namespace {
 
 int decode(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status); }
 
-pid_t spawn(const std::vector<std::string>& argv, const fs::path& cwd, int out_fd, int err_fd) {
+pid_t spawn(const std::vector<std::string>& argv, const fs::path& cwd, int out_fd, int err_fd,
+            const std::vector<std::string>& extra_env = {}) {
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
@@ -36,8 +38,13 @@ pid_t spawn(const std::vector<std::string>& argv, const fs::path& cwd, int out_f
   std::vector<char*> args;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
+  std::vector<std::string> env_strings(extra_env);
+  for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);
+  std::vector<char*> env;
+  for (auto& e : env_strings) env.push_back(e.data());
+  env.push_back(nullptr);
   pid_t pid = -1;
-  int err = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
+  int err = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), env.data());
   posix_spawn_file_actions_destroy(&actions);
   if (err != 0) throw std::runtime_error("cannot start " + argv[0] + ": " + std::strerror(err));
   return pid;
@@ -108,10 +115,17 @@ bool process_gone(pid_t pid) {
 
 // ---- DaemonProcess ----
 
-DaemonProcess::DaemonProcess(const fs::path& config, const fs::path& log_copy) : log_copy_(log_copy) {
+DaemonProcess::DaemonProcess(const fs::path& config, const fs::path& log_copy, bool as_journal)
+    : log_copy_(log_copy) {
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
-  pid_ = spawn({SENTINEL_BIN, "run", "--config", config.string()}, {}, fds[1], fds[1]);
+  std::vector<std::string> env;
+  if (as_journal) {
+    struct stat st {};
+    ::fstat(fds[1], &st);
+    env.push_back("JOURNAL_STREAM=" + std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino));
+  }
+  pid_ = spawn({SENTINEL_BIN, "run", "--config", config.string()}, {}, fds[1], fds[1], env);
   ::close(fds[1]);
   fd_ = fds[0];
 }
@@ -272,9 +286,9 @@ bool Production::healthy() {
   return r.out.find(" 200") != std::string::npos;
 }
 
-DaemonProcess& Production::start_daemon() {
-  daemon_ = std::make_unique<DaemonProcess>(config, tmp.path().parent_path() /
-                                                        (tmp.path().filename().string() + ".daemon.log"));
+DaemonProcess& Production::start_daemon(bool as_journal) {
+  daemon_ = std::make_unique<DaemonProcess>(
+      config, tmp.path().parent_path() / (tmp.path().filename().string() + ".daemon.log"), as_journal);
   return *daemon_;
 }
 

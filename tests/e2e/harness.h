@@ -32,7 +32,9 @@ bool process_gone(pid_t pid);
 /// The daemon as a child process; its stderr and stdout are read as log lines.
 class DaemonProcess {
  public:
-  DaemonProcess(const std::filesystem::path& config, const std::filesystem::path& log_copy);
+  /// With `as_journal`, JOURNAL_STREAM names the log pipe, as systemd does for a unit whose
+  /// stderr is the journal.
+  DaemonProcess(const std::filesystem::path& config, const std::filesystem::path& log_copy, bool as_journal = false);
   ~DaemonProcess();
   DaemonProcess(const DaemonProcess&) = delete;
   DaemonProcess& operator=(const DaemonProcess&) = delete;
@@ -87,7 +89,7 @@ class Production {
   /// GET /health once; true on 200.
   bool healthy();
 
-  DaemonProcess& start_daemon();
+  DaemonProcess& start_daemon(bool as_journal = false);
   DaemonProcess& daemon() { return *daemon_; }
 
   std::filesystem::path marker(const std::string& name) const { return markers / name; }
