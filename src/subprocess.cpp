@@ -7,6 +7,7 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/process/v2/process.hpp>
+#include <boost/system/system_error.hpp>
 #include <spdlog/spdlog.h>
 
 #include <fcntl.h>
@@ -249,6 +250,11 @@ asio::awaitable<RunResult> run_command(RunSpec spec) {
     }
   };
   co_await (wait_all() || pump(pipe, output));
+  // Cancelled, the waits above complete as if the child had exited: leave through the reaper.
+  asio::cancellation_state cancel_state = co_await asio::this_coro::cancellation_state;
+  if (cancel_state.cancelled() != asio::cancellation_type::none) {
+    throw boost::system::system_error(asio::error::operation_aborted, "run_command");
+  }
   reaper.armed = false;
   drain(pipe, output);
 
