@@ -13,6 +13,8 @@
 #include <pwd.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <iostream>
 
@@ -60,6 +62,10 @@ int stage(const std::string& config_path, const std::string& target_name, std::s
   const TargetConfig& target = pick_target(config, target_name);
   HeadCommit head = git_head_now(target.checkout);
   if (!head.error.empty()) throw StartupError(head.error);
+  std::transform(commit.begin(), commit.end(), commit.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (!commit.empty() && !looks_like_commit(commit)) {
+    throw StartupError("--commit " + commit + ": expected a SHA of 7 to 40 hex digits");
+  }
   if (!commit.empty() && !head.commit.starts_with(commit)) {
     throw StartupError("commit " + commit + " is not the checkout's HEAD (" + head.commit +
                        "): the sentinel deploys what is checked out, so commit or check it out first");

@@ -35,6 +35,20 @@ bool same_commit(const std::string& head, std::string named) {
   return head.starts_with(named);
 }
 
+/// True when `file` was written less than `age` ago.
+bool modified_within(const fs::path& file, Duration age) {
+  std::error_code ec;
+  auto written = fs::last_write_time(file, ec);
+  return !ec && fs::file_time_type::clock::now() - written < age;
+}
+
+/// `text` with control characters (newlines included) shown as spaces, so an agent's message
+/// cannot forge log lines.
+std::string one_line(std::string text) {
+  std::replace_if(text.begin(), text.end(), [](unsigned char c) { return c < 0x20 || c == 0x7f; }, ' ');
+  return text;
+}
+
 json::array lines_json(const std::vector<std::string>& lines) {
   json::array out;
   for (const auto& line : lines) out.emplace_back(line);
@@ -176,13 +190,24 @@ void DeployMachine::write_record(const Deploy& deploy, bool durable) {
   }
 }
 
-void DeployMachine::reject(std::string_view file_name, const std::string& reason, const std::string& text) {
+DeployMachine::Next DeployMachine::reject(std::string_view file_name, const std::string& reason,
+                                          const std::string& text) {
   if (auto ec = reject_marker(target_.marker_dir, file_name, reason, text)) {
-    spdlog::error("{}: cannot move the refused marker aside in {}: {}", target_.name, target_.marker_dir.string(),
-                  ec.message());
+    spdlog::error("{}: while refusing a marker in {}: {}", target_.name, target_.marker_dir.string(), ec.message());
   }
   spdlog::warn("{}: refused the staged deploy: {} (moved to {})", target_.name, reason, marker_file::rejected_marker);
   finish(Outcome{"rejected", "", reason, now_utc()});
+  if (!exists(file_name)) return Next::refused;
+  // Still there: looking again at once would refuse it again, forever.
+  stuck("cannot move the refused marker aside in " + target_.marker_dir.string());
+  return Next::stuck;
+}
+
+void DeployMachine::stuck(const std::string& why) {
+  if (why != stuck_reason_) {
+    spdlog::error("{}: {}; trying again every {}", target_.name, why, format_duration(kRetryAfter));
+    stuck_reason_ = why;
+  }
 }
 
 asio::awaitable<void> DeployMachine::sleep_for(Duration d) {
@@ -261,6 +286,9 @@ asio::awaitable<void> DeployMachine::run() {
         if (phase_ != Phase::watching) enter(Phase::watching, "", "");
         co_await wait_for_poke();
         break;
+      case Next::settling:
+        co_await sleep_for(kSettle);
+        break;
       case Next::stuck:
         co_await sleep_for(kRetryAfter);  // the error was logged; the marker stays where it is
         break;
@@ -294,8 +322,7 @@ asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) 
     boost::system::error_code ec;
     if (!claim_marker(target_.marker_dir, ec)) {
       if (!ec) co_return Next::nothing;
-      spdlog::error("{}: cannot claim {}: {}; trying again in {}", target_.name,
-                    (target_.marker_dir / marker_file::ready).string(), ec.message(), format_duration(kRetryAfter));
+      stuck("cannot claim " + (target_.marker_dir / marker_file::ready).string() + ": " + ec.message());
       co_return Next::stuck;
     }
   }
@@ -303,23 +330,25 @@ asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) 
   if (!resumed) {
     MarkerCheck check = read_marker(record);
     if (!check.ok) {
-      reject(marker_file::in_progress, check.reason, check.marker.text);
-      co_return Next::refused;
+      // Found by a rescan rather than its close-write, a marker may still be being written: give
+      // a writer that is still at it a moment before calling its marker broken.
+      if (check.truncated_json && modified_within(record, kSettle)) co_return Next::settling;
+      co_return reject(marker_file::in_progress, check.reason, check.marker.text);
     }
     deploy.marker = check.marker;
     deploy.started_at = now_utc();
   }
   HeadCommit head = co_await actions_.head();
-  if (!head.error.empty()) {
-    reject(marker_file::in_progress, head.error, deploy.marker.text);
-    co_return Next::refused;
+  if (!head.error.empty()) {  // the checkout's fault, not the marker's: keep the claim and retry
+    stuck(head.error);
+    co_return Next::stuck;
   }
+  stuck_reason_.clear();
   if (!deploy.marker.commit.empty() && !same_commit(head.commit, deploy.marker.commit)) {
-    reject(marker_file::in_progress,
-           "the marker names commit " + deploy.marker.commit + " but the checkout's HEAD is " + head.commit +
-               "; commit first, then stage (deploy-sentinel stage uses HEAD by default)",
-           deploy.marker.text);
-    co_return Next::refused;
+    co_return reject(marker_file::in_progress,
+                     "the marker names commit " + deploy.marker.commit + " but the checkout's HEAD is " + head.commit +
+                         "; commit first, then stage (deploy-sentinel stage uses HEAD by default)",
+                     deploy.marker.text);
   }
   if (resumed && !deploy.commit.empty() && deploy.commit != head.commit) {
     spdlog::warn("{}: HEAD moved from {} to {} since the record was written; deploying {}", target_.name,
@@ -332,7 +361,7 @@ asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) 
   enter(Phase::claimed, deploy.commit, deploy.marker.message);
   spdlog::info("{}: claimed deploy of {}{}{}", target_.name, short_sha(deploy.commit),
                deploy.marker.staged_by.empty() ? "" : " staged by " + deploy.marker.staged_by,
-               deploy.marker.message.empty() ? "" : ": \"" + deploy.marker.message + "\"");
+               deploy.marker.message.empty() ? "" : ": \"" + one_line(deploy.marker.message) + "\"");
   co_return Next::deploy;
 }
 
@@ -451,9 +480,15 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
 
 asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
   const std::string& target = deploy.previous_known_good;
+  std::vector<std::string> revert_output;  // the last lines of the revert step that failed
   auto give_up = [&](const std::string& why) {
-    json::object doc{{"failed_commit", deploy.commit}, {"reverted_to", target},    {"reason", failure.reason},
-                     {"revert_error", why},            {"at", now_utc()},          {"output", lines_json(failure.output)}};
+    json::object doc{{"failed_commit", deploy.commit},
+                     {"reverted_to", target},
+                     {"reason", failure.reason},
+                     {"revert_error", why},
+                     {"at", now_utc()},
+                     {"output", lines_json(failure.output)},
+                     {"revert_output", lines_json(revert_output)}};
     const fs::path file = target_.marker_dir / marker_file::failed;
     if (auto ec = write_file_atomic(file, json::serialize(doc) + "\n", true)) {
       spdlog::critical("{}: cannot write {}: {}", target_.name, file.string(), ec.message());
@@ -480,8 +515,18 @@ asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
   enter(Phase::reverting, target, failure.reason);
   RunResult reset = co_await actions_.reset_to(target);
   if (!reset.ok()) {
+    revert_output = reset.tail;
     give_up("git reset --hard " + target + " " + reset.describe());
     co_return;
+  }
+  if (exists(marker_file::ready)) {
+    // Staged during the failed deploy, on top of the commit the reset just took away.
+    boost::system::error_code ec;
+    std::string text = read_small_file(target_.marker_dir / marker_file::ready, ec);
+    reject(marker_file::ready,
+           "staged while " + deploy.commit + " was being deployed; that deploy failed and the checkout was reset to " +
+               target + ", so stage again once your change is committed on top of it",
+           text);
   }
   if (target_.build) {
     deploy.record_phase = "rebuilding";
@@ -490,6 +535,7 @@ asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
     spdlog::info("{}: rebuilding {}", target_.name, short_sha(target));
     RunResult build = co_await actions_.build();
     if (!build.ok()) {
+      revert_output = build.tail;
       give_up("the build of " + target + " " + build.describe());
       co_return;
     }
@@ -497,6 +543,7 @@ asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
   deploy.record_phase = "restarting-reverted";
   Verdict again = co_await restart_and_verify(deploy, target);
   if (!again.ok) {
+    revert_output = again.output;
     give_up("after reverting to " + target + ", " + again.reason);
     co_return;
   }

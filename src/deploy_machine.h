@@ -70,11 +70,13 @@ class DeployMachine {
   Phase phase() const { return phase_; }
 
   /// What the marker directory offered: a deploy to carry out, nothing, a marker refused (look
-  /// again at once), or an error that will not go away by looking again at once.
-  enum class Next { deploy, nothing, refused, stuck };
+  /// again at once), a marker that may still be being written (look again shortly), or an error
+  /// that will not go away by looking again at once.
+  enum class Next { deploy, nothing, refused, settling, stuck };
 
  private:
   static constexpr Duration kRetryAfter{5000};
+  static constexpr Duration kSettle{1000};
 
   struct Deploy;
   struct Verdict {
@@ -94,7 +96,10 @@ class DeployMachine {
   boost::asio::awaitable<Verdict> verify(const std::string& commit);
   boost::asio::awaitable<void> revert(Deploy& deploy, Verdict failure);
 
-  void reject(std::string_view file_name, const std::string& reason, const std::string& text);
+  /// Moves a refused marker aside and records why; `stuck` when it could not be moved.
+  Next reject(std::string_view file_name, const std::string& reason, const std::string& text);
+  /// Logs a condition that blocks the target, once until it changes.
+  void stuck(const std::string& why);
   void finish(const Outcome& outcome);
   void enter(Phase phase, const std::string& commit, const std::string& detail);
   void write_record(const Deploy& deploy, bool durable);
@@ -108,6 +113,7 @@ class DeployMachine {
   Phase phase_ = Phase::starting;
   TargetStatus status_;
   std::string fallback_commit_;  // the commit running at start-up, when no known-good exists
+  std::string stuck_reason_;     // what was last logged as blocking the target
 };
 
 /// "waiting-idle" etc.

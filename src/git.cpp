@@ -42,6 +42,14 @@ std::optional<std::string> resolve_ref(const fs::path& git_dir, const fs::path& 
   return std::nullopt;
 }
 
+/// git in `checkout`, trusting it although another user (the agent) owns it: the daemon often
+/// runs as root or as its own user, and git refuses "dubious ownership" otherwise.
+std::vector<std::string> git_argv(const fs::path& checkout, std::initializer_list<std::string> args) {
+  std::vector<std::string> argv = {"git", "-c", "safe.directory=" + checkout.string(), "-C", checkout.string()};
+  argv.insert(argv.end(), args);
+  return argv;
+}
+
 }  // namespace
 
 std::optional<std::string> read_head(const fs::path& checkout) {
@@ -70,7 +78,7 @@ boost::asio::awaitable<HeadCommit> git_head(std::filesystem::path checkout) {
   // the path from marker to restart. git itself is the fallback for anything unusual.
   if (auto sha = read_head(checkout)) co_return HeadCommit{*sha, {}};
   RunSpec spec;
-  spec.argv = {"git", "-C", checkout.string(), "rev-parse", "--verify", "--quiet", "HEAD^{commit}"};
+  spec.argv = git_argv(checkout, {"rev-parse", "--verify", "--quiet", "HEAD^{commit}"});
   spec.timeout = 30s;
   spec.tail_lines = 5;
   RunResult r = co_await run_command(std::move(spec));
@@ -84,7 +92,7 @@ boost::asio::awaitable<HeadCommit> git_head(std::filesystem::path checkout) {
 boost::asio::awaitable<RunResult> git_reset_hard(std::filesystem::path checkout, std::string commit,
                                                  std::string log_tag) {
   RunSpec spec;
-  spec.argv = {"git", "-C", checkout.string(), "reset", "--hard", "--quiet", commit};
+  spec.argv = git_argv(checkout, {"reset", "--hard", "--quiet", commit});
   spec.timeout = 120s;
   spec.log_tag = std::move(log_tag);
   co_return co_await run_command(std::move(spec));
@@ -93,7 +101,7 @@ boost::asio::awaitable<RunResult> git_reset_hard(std::filesystem::path checkout,
 HeadCommit git_head_now(const std::filesystem::path& checkout) {
   asio::io_context ctx;
   auto result = asio::co_spawn(ctx, git_head(checkout), asio::use_future);
-  ctx.run();
+  while (result.wait_for(std::chrono::seconds(0)) != std::future_status::ready) ctx.run_one();
   return result.get();
 }
 

@@ -39,34 +39,37 @@ bool is_printable(std::string_view text) {
 }
 
 /// True when `text` is well-formed UTF-8, which a JSON reader insists on.
+/// The length of the well-formed UTF-8 sequence at text[i], or 0 when it is not one
+/// (overlong forms, surrogates, values above U+10FFFF and cut-off sequences are not).
+std::size_t utf8_sequence_length(std::string_view text, std::size_t i) {
+  const unsigned char c = text[i];
+  if (c < 0x80) return 1;
+  std::size_t len = 0;
+  unsigned char lo = 0x80, hi = 0xBF;  // the allowed range of the second byte
+  if (c >= 0xC2 && c <= 0xDF) {
+    len = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    len = 3;
+    if (c == 0xE0) lo = 0xA0;  // overlong
+    if (c == 0xED) hi = 0x9F;  // surrogates
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    len = 4;
+    if (c == 0xF0) lo = 0x90;  // overlong
+    if (c == 0xF4) hi = 0x8F;  // above U+10FFFF
+  } else {
+    return 0;
+  }
+  if (text.size() - i < len) return 0;
+  for (std::size_t k = 1; k < len; ++k) {
+    const unsigned char next = text[i + k];
+    if (next < (k == 1 ? lo : 0x80) || next > (k == 1 ? hi : 0xBF)) return 0;
+  }
+  return len;
+}
+
 bool is_utf8(std::string_view text) {
-  for (std::size_t i = 0; i < text.size();) {
-    const unsigned char c = text[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    std::size_t len = 0;
-    unsigned char lo = 0x80, hi = 0xBF;  // the allowed range of the second byte
-    if (c >= 0xC2 && c <= 0xDF) {
-      len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      if (c == 0xE0) lo = 0xA0;  // overlong
-      if (c == 0xED) hi = 0x9F;  // surrogates
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      if (c == 0xF0) lo = 0x90;  // overlong
-      if (c == 0xF4) hi = 0x8F;  // above U+10FFFF
-    } else {
-      return false;
-    }
-    if (text.size() - i < len) return false;
-    for (std::size_t k = 1; k < len; ++k) {
-      const unsigned char next = text[i + k];
-      if (next < (k == 1 ? lo : 0x80) || next > (k == 1 ? hi : 0xBF)) return false;
-    }
-    i += len;
+  for (std::size_t i = 0, n; i < text.size(); i += n) {
+    if ((n = utf8_sequence_length(text, i)) == 0) return false;
   }
   return true;
 }
@@ -86,6 +89,21 @@ error_code fsync_dir(const fs::path& dir) {
 }
 
 }  // namespace
+
+std::string to_valid_utf8(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (std::size_t i = 0; i < text.size();) {
+    if (std::size_t n = utf8_sequence_length(text, i)) {
+      out.append(text.substr(i, n));
+      i += n;
+    } else {
+      out.append("\xEF\xBF\xBD");  // U+FFFD REPLACEMENT CHARACTER
+      ++i;
+    }
+  }
+  return out;
+}
 
 std::string format_utc(std::chrono::system_clock::time_point t) {
   std::time_t secs = std::chrono::system_clock::to_time_t(t);
@@ -173,6 +191,7 @@ MarkerCheck read_marker(const fs::path& file) {
     return check;
   }
   json::value doc = json::parse(text, ec);
+  if (ec == json::error::incomplete) check.truncated_json = true;
   if (ec || !doc.is_object()) {
     check.reason = ec ? "the marker is neither empty nor valid JSON: " + ec.message()
                       : std::string("the marker's JSON is not an object");
@@ -243,7 +262,8 @@ error_code make_durable(const fs::path& file) {
 error_code write_file_atomic(const fs::path& file, std::string_view content, bool durable) {
   fs::path tmp = file;
   tmp += ".tmp." + std::to_string(::getpid());
-  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644));
+  ::unlink(tmp.c_str());  // a leftover of ours, or something planted: never write through it
+  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644));
   if (fd.fd < 0) return last_error();
   const char* p = content.data();
   std::size_t left = content.size();

@@ -38,6 +38,7 @@ struct MarkerCheck {
   bool ok = false;
   Marker marker;
   std::string reason;     // when !ok: one sentence a human and an agent can act on
+  bool truncated_json = false;  // when !ok: the JSON ends early, as a marker still being written does
 };
 
 /// Reads the marker at `file` without following a symlink and without blocking on a FIFO:
@@ -71,6 +72,10 @@ boost::system::error_code make_durable(const std::filesystem::path& file);
 /// Reads a whole small regular file (not following symlinks); empty string with `ec` on failure.
 std::string read_small_file(const std::filesystem::path& file, boost::system::error_code& ec,
                             std::size_t limit = kMaxMarkerBytes);
+
+/// `text` with every byte that is not part of well-formed UTF-8 replaced by U+FFFD, so it can go
+/// into JSON (Boost.JSON copies string bytes as they are).
+std::string to_valid_utf8(std::string_view text);
 
 /// "2026-11-25T14:03:12Z".
 std::string format_utc(std::chrono::system_clock::time_point t);

@@ -108,7 +108,12 @@ struct MarkerWatch::Impl : std::enable_shared_from_this<MarkerWatch::Impl> {
       return;
     }
     if (ev.wd == parent_wd) {
-      if (name == dir.filename().string()) try_dir_back();
+      if (ev.mask & IN_IGNORED) {  // the parent went too: wait for it in turn
+        parent_wd = -1;
+        watch_parent();
+      } else if (name == dir.filename().string()) {
+        try_dir_back();
+      }
       return;
     }
     if (ev.wd != dir_wd) return;  // a watch we already dropped

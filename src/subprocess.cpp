@@ -1,6 +1,10 @@
 #include "subprocess.h"
 
+#include "marker.h"
+
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -20,6 +24,7 @@
 #include <chrono>
 #include <cstring>
 #include <deque>
+#include <optional>
 
 extern char** environ;
 
@@ -82,6 +87,9 @@ pid_t spawn(const RunSpec& spec, int output_fd) {
   posix_spawn_file_actions_adddup2(&setup.actions, output_fd, STDOUT_FILENO);
   posix_spawn_file_actions_adddup2(&setup.actions, output_fd, STDERR_FILENO);
   if (!spec.cwd.empty()) posix_spawn_file_actions_addchdir_np(&setup.actions, spec.cwd.c_str());
+  // Our own fds are close-on-exec, but Asio opens sockets without SOCK_CLOEXEC: a health probe
+  // of another target could be open right now.
+  posix_spawn_file_actions_addclosefrom_np(&setup.actions, STDERR_FILENO + 1);
 
   std::vector<char*> argv;
   for (const auto& arg : spec.argv) argv.push_back(const_cast<char*>(arg.c_str()));
@@ -121,12 +129,13 @@ class OutputLines {
  private:
   static constexpr std::size_t kMaxLine = 4096;
 
-  void emit(std::string_view line) {
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+  void emit(std::string_view raw) {
+    if (!raw.empty() && raw.back() == '\r') raw.remove_suffix(1);
+    std::string line = to_valid_utf8(raw);  // it ends up in JSON files the agent parses
     spdlog::log(level_, "[{}] {}", tag_, line);
     if (keep_ == 0) return;
     if (lines_.size() == keep_) lines_.pop_front();
-    lines_.emplace_back(line);
+    lines_.push_back(std::move(line));
   }
 
   std::string tag_;
@@ -136,17 +145,30 @@ class OutputLines {
   std::deque<std::string> lines_;
 };
 
-/// Reads the pipe until EOF, then waits to be cancelled: the caller decides when the run is
-/// over (a daemon the command left behind may hold the pipe open forever).
-asio::awaitable<void> pump(asio::posix::stream_descriptor& pipe, OutputLines& out) {
+/// Logs what comes through the pipe until every writer has closed it.
+asio::awaitable<void> read_until_eof(asio::posix::stream_descriptor& pipe, OutputLines& out) {
   char buf[4096];
   for (;;) {
     auto [ec, n] = co_await pipe.async_read_some(asio::buffer(buf), as_tuple(use_awaitable));
-    if (ec) break;
+    if (ec) co_return;
     out.feed(std::string_view(buf, n));
   }
+}
+
+/// Reads the pipe until EOF, then waits to be cancelled: the caller decides when the run is
+/// over (a daemon the command left behind may hold the pipe open forever).
+asio::awaitable<void> pump(asio::posix::stream_descriptor& pipe, OutputLines& out) {
+  co_await read_until_eof(pipe, out);
   asio::steady_timer never(co_await asio::this_coro::executor, asio::steady_timer::time_point::max());
   co_await never.async_wait(as_tuple(use_awaitable));
+}
+
+/// Goes on logging what a daemon left behind by the command writes, until it closes the pipe:
+/// closing our end would kill it with SIGPIPE at its next write.
+asio::awaitable<void> follow(asio::posix::stream_descriptor pipe, OutputLines out) {
+  boost::system::error_code ec;
+  pipe.non_blocking(false, ec);  // drain() set it; async reads must wait, not fail with EAGAIN
+  co_await read_until_eof(pipe, out);
 }
 
 /// Reads whatever the pipe still holds without blocking.
@@ -196,7 +218,8 @@ std::string RunResult::describe() const {
     case End::timed_out:
       return "timed out after " + format_duration(timeout) + "; its process group was killed";
     case End::not_started:
-      return std::string("could not start: ") + std::strerror(code);
+      return "could not start " + program + ": " + std::strerror(code) +
+             (code == ENOENT ? " (is it installed and in PATH, and does the working directory exist?)" : "");
   }
   return "unknown";
 }
@@ -204,6 +227,7 @@ std::string RunResult::describe() const {
 asio::awaitable<RunResult> run_command(RunSpec spec) {
   RunResult result;
   result.timeout = spec.timeout;
+  result.program = spec.argv.empty() ? std::string() : spec.argv.front();
   auto executor = co_await asio::this_coro::executor;
   if (spec.argv.empty() || spec.argv.front().empty()) {
     result.code = EINVAL;
@@ -226,7 +250,15 @@ asio::awaitable<RunResult> run_command(RunSpec spec) {
   }
   GroupReaper reaper{pid};
   if (spec.on_started) spec.on_started();
-  bp::process proc(executor, pid);
+  std::optional<bp::process> attached;
+  try {
+    attached.emplace(executor, pid);  // pidfd_open: fails only when out of fds or forbidden
+  } catch (const boost::system::system_error& e) {
+    spdlog::error("[{}] cannot wait for pid {}: {}; killing it", spec.argv.front(), pid, e.what());
+    result.code = e.code().value();
+    co_return result;
+  }
+  bp::process& proc = *attached;
   asio::posix::stream_descriptor pipe(executor, read_end.release());
   OutputLines output(spec);
 
@@ -260,6 +292,7 @@ asio::awaitable<RunResult> run_command(RunSpec spec) {
 
   result.elapsed = std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - started);
   result.tail = output.finish();
+  asio::co_spawn(executor, follow(std::move(pipe), std::move(output)), asio::detached);
   if (result.end != RunResult::End::timed_out) {
     int status = proc.native_exit_code();
     if (WIFSIGNALED(status)) {

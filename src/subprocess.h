@@ -32,12 +32,13 @@ struct RunResult {
   int code = 0;                    // exit status, signal number, or errno when not started
   Duration elapsed{0};
   Duration timeout{0};             // the limit it ran under
+  std::string program;             // argv[0]
   std::vector<std::string> tail;   // the last output lines (stdout and stderr interleaved)
 
   /// Exited with status 0.
   bool ok() const { return end == End::exited && code == 0; }
   /// One phrase for logs and markers: "exited with status 1", "killed by SIGSEGV",
-  /// "timed out after 90s; its process group was killed", "could not start: No such file or directory".
+  /// "timed out after 90s; its process group was killed", "could not start git: No such file ...".
   std::string describe() const;
 };
 

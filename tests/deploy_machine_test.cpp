@@ -9,6 +9,7 @@
 #include <doctest/doctest.h>
 
 #include <deque>
+#include <fstream>
 #include <functional>
 
 using namespace sentinel;
@@ -355,4 +356,29 @@ TEST_CASE("with no known-good commit a failed deploy is quarantined with that re
   auto failed = rig.json_of(marker_file::failed);
   CHECK(std::string(failed["revert_error"].as_string()) == "no known-good commit exists to revert to");
   CHECK(rig.world.count("reset 1111") == 0);
+}
+
+TEST_CASE("a marker found while its writer is still writing it is given a moment, not refused as broken") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kNext;
+  std::ofstream writer(rig.marker(marker_file::ready));
+  writer << "{\"commit\": \"3333" << std::flush;  // found by the start-up scan, half written
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.has(marker_file::in_progress); }));
+  rig.ctx.poll();
+  writer << "333\", \"message\": \"slow writer\"}" << std::flush;  // the same open file, now renamed
+  writer.close();
+  REQUIRE(rig.run_until([&] { return rig.settled(); }));
+  CHECK_FALSE(rig.has(marker_file::rejected));
+  CHECK(rig.world.count("restart 3333") == 1);
+}
+
+TEST_CASE("a truncated marker that nobody finishes writing is refused once it has settled") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  sentinel::test::write_file(rig.marker(marker_file::ready), "{\"commit\": \"3333");
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.has(marker_file::rejected) && rig.settled(); }));
+  CHECK(rig.world.calls.empty());
 }

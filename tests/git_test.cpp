@@ -7,6 +7,8 @@
 #include <boost/asio/use_future.hpp>
 #include <doctest/doctest.h>
 
+#include <unistd.h>
+
 using namespace sentinel;
 using sentinel::test::run_program;
 using sentinel::test::TempDir;
@@ -64,4 +66,23 @@ TEST_CASE("git_head falls back to git and says why when the checkout is not a re
   HeadCommit head = result.get();
   CHECK(head.commit.empty());
   CHECK(head.error.find("cannot read HEAD of " + tmp.path().string()) == 0);
+}
+
+TEST_CASE("a revert resets a checkout that another user owns, as when the daemon runs as root") {
+  if (::geteuid() != 0) return;  // only root can hand the checkout to another user
+  TempDir tmp;
+  auto repo = tmp / "repo";
+  std::filesystem::create_directories(repo);
+  git(repo, {"init", "-q", "-b", "main"});
+  git(repo, {"commit", "-q", "--allow-empty", "-m", "one"});
+  std::string one = git(repo, {"rev-parse", "HEAD"});
+  git(repo, {"commit", "-q", "--allow-empty", "-m", "two"});
+  REQUIRE(run_program({"chown", "-R", "nobody", repo.string()}).status == 0);
+
+  boost::asio::io_context ctx;
+  auto result = boost::asio::co_spawn(ctx, git_reset_hard(repo, one, "test git"), boost::asio::use_future);
+  ctx.run();
+  RunResult reset = result.get();
+  CHECK(reset.ok());
+  CHECK(read_head(repo) == one);
 }

@@ -39,11 +39,12 @@ using Clock = std::chrono::steady_clock;
 
 using ScratchDir = sentinel::test::TempDir;
 
-/// Runs `spec` to completion on a fresh io_context.
+/// Runs `spec` to completion on a fresh io_context (output a left-behind daemon writes later
+/// is not followed: the context ends with the run).
 RunResult run(RunSpec spec) {
   asio::io_context ctx;
   auto result = asio::co_spawn(ctx, run_command(std::move(spec)), asio::use_future);
-  ctx.run();
+  while (result.wait_for(0s) != std::future_status::ready) ctx.run_one();
   return result.get();
 }
 
@@ -246,7 +247,9 @@ TEST_CASE("a program that does not exist could not start, and on_started is not 
     CHECK_FALSE(r.ok());
     CHECK(r.end == End::not_started);
     CHECK(r.code == ENOENT);
-    CHECK(r.describe() == "could not start: No such file or directory");
+    CHECK(r.describe() == std::string("could not start ") + program +
+                              ": No such file or directory (is it installed and in PATH, and does the working "
+                              "directory exist?)");
     CHECK(started == 0);
   }
 }
@@ -259,7 +262,7 @@ TEST_CASE("a program that is not executable could not start, with permission den
   RunResult r = run(command({script.string()}));
   CHECK(r.end == End::not_started);
   CHECK(r.code == EACCES);
-  CHECK(r.describe() == "could not start: Permission denied");
+  CHECK(r.describe() == "could not start " + script.string() + ": Permission denied");
 }
 
 TEST_CASE("an empty argv could not start") {
@@ -425,6 +428,25 @@ TEST_CASE("a command that exits leaving a daemon holding its output open returns
   CHECK(r.ok());
   CHECK(r.tail[1] == "started");
   CHECK(r.elapsed < 2s);
+  CHECK(is_running(daemon));
+}
+
+TEST_CASE("a daemon left behind by the command can still write its output after the command returned") {
+  ScratchDir dir;
+  asio::io_context ctx;
+  RunSpec spec = shell("(while [ ! -e go ]; do sleep 0.02; done; echo late; touch wrote; sleep 30) & echo $!");
+  spec.cwd = dir.path();
+  auto future = asio::co_spawn(ctx, run_command(std::move(spec)), asio::use_future);
+  while (future.wait_for(0s) != std::future_status::ready) ctx.run_one();
+  RunResult r = future.get();
+  REQUIRE(r.tail.size() == 1);
+  const pid_t daemon = std::stoi(r.tail[0]);
+  KillAtExit cleanup(daemon);
+
+  std::ofstream(dir / "go").close();
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (!fs::exists(dir / "wrote") && std::chrono::steady_clock::now() < deadline) ctx.run_one_for(20ms);
+  CHECK(fs::exists(dir / "wrote"));  // a closed pipe would have killed it with SIGPIPE at "echo late"
   CHECK(is_running(daemon));
 }
 

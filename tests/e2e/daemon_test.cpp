@@ -224,6 +224,48 @@ TEST_CASE("a symlink, FIFO, directory or oversized marker is refused with a reas
   CHECK(prod.restarts().size() == 2);
 }
 
+TEST_CASE("when the revert fails too the target is quarantined until .deploy-failed is removed, and other targets "
+          "go on") {
+  Production::Options options;
+  options.with_build = true;
+  options.deadline = "600ms";
+  Production prod(options);
+  Production::Options other_options;
+  other_options.name = "other";
+  Production other(other_options);
+  write_file(prod.config, "[sentinel]\nstate_dir = \"" + prod.state.string() + "\"\n\n" + prod.target_section +
+                              other.target_section);
+  auto& daemon = prod.start_daemon();
+  REQUIRE(daemon.wait_for_line("other: watching") >= 0);
+  REQUIRE(daemon.wait_for_line("prod: watching") >= 0);
+
+  write_file(prod.tmp / "build-fails", "");
+  std::string bad = prod.commit("unhealthy");
+  prod.stage_by_rename();
+  REQUIRE(daemon.wait_for_line("the revert failed too") >= 0);
+  auto failed = json_file(prod.marker(".deploy-failed"));
+  CHECK(failed["failed_commit"].as_string() == bad);
+  CHECK(std::string(failed["revert_error"].as_string()).find("the build of") != std::string::npos);
+
+  std::string fine = other.commit("healthy");  // the other target is not held up
+  other.stage_by_rename();
+  REQUIRE(daemon.wait_for_line("other: deployed " + short_sha(fine)) >= 0);
+
+  std::string next = prod.commit("healthy");  // staged while quarantined: kept, not deployed
+  prod.stage_by_rename();
+  auto status = json::parse(prod.cli({"status", "--json"}).out).as_object();
+  CHECK(status["targets"].as_array().at(0).as_object()["phase"].as_string() == "quarantined");
+  CHECK(status["targets"].as_array().at(0).as_object()["quarantined"].as_bool());
+
+  fs::remove(prod.tmp / "build-fails");
+  fs::remove(prod.marker(".deploy-failed"));
+  int lifted = daemon.wait_for_line("prod: quarantine lifted");
+  REQUIRE(lifted >= 0);
+  int claimed = daemon.wait_for_line("prod: claimed deploy of " + short_sha(next));
+  CHECK(claimed > lifted);  // it waited on disk the whole time, and went once allowed
+  REQUIRE(daemon.wait_for_line("prod: deployed " + short_sha(next)) >= 0);
+}
+
 TEST_CASE("the marker directory removed and created again is watched again") {
   Production prod;
   auto& daemon = started(prod);

@@ -215,14 +215,15 @@ Production::Production(Options o)
   git(checkout, {"init", "-q", "-b", "main"});
   commit("healthy");
 
-  std::string text = "[sentinel]\nstate_dir = \"" + state.string() + "\"\nlog_level = \"debug\"\n\n";
-  text += "[[target]]\nname = \"prod\"\nmarker_dir = \"" + markers.string() + "\"\n";
+  std::string& text = target_section;
+  text += "[[target]]\nname = \"" + o.name + "\"\nmarker_dir = \"" + markers.string() + "\"\n";
   text += "checkout = \"" + checkout.string() + "\"\n";
   text += "restart = { command = [\"" + std::string(FAKE_SERVICE) + "\", \"restart\", \"--port\", \"" +
           std::to_string(port) + "\", \"--state\", \"" + service_dir.string() + "\"], timeout = \"" +
           o.restart_timeout + "\", kill_grace = \"300ms\" }\n";
   if (o.with_build) {
-    text += "build = { command = [\"sh\", \"-c\", \"echo built $(git rev-parse HEAD) >> ../build.log\"] }\n";
+    text += "build = { command = [\"sh\", \"-c\", \"echo built $(git rev-parse HEAD) >> ../build.log; "
+            "test ! -e ../build-fails\"] }\n";
   }
   text += "\n[target.health]\nurl = \"http://127.0.0.1:" + std::to_string(port) + "/health\"\n";
   text += "timeout = \"500ms\"\ngrace = \"50ms\"\ninterval = \"100ms\"\nsuccesses = 2\ndeadline = \"" + o.deadline +
@@ -232,7 +233,8 @@ Production::Production(Options o)
     text += "\n[target.idle]\ncommand = [\"sh\", \"-c\", \"echo idle-check; test ! -e " + (tmp / "busy").string() +
             "\"]\ninterval = \"50ms\"\nquiet = \"" + o.quiet + "\"\n";
   }
-  write_file(config, text);
+  text += "\n";
+  write_file(config, "[sentinel]\nstate_dir = \"" + state.string() + "\"\nlog_level = \"debug\"\n\n" + text);
 
   // Production runs before the sentinel does, as on a real host.
   auto r = run_program({FAKE_SERVICE, "restart", "--port", std::to_string(port), "--state", service_dir.string()},

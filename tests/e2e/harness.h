@@ -64,9 +64,10 @@ class DaemonProcess {
 class Production {
  public:
   struct Options {
+    std::string name = "prod";
     std::string restart_timeout = "5s";
     std::string deadline = "3s";
-    bool with_build = false;
+    bool with_build = false;  // the build fails while the file `build-fails` exists beside the checkout
     bool with_idle = false;
     std::string quiet = "300ms";
   };
@@ -97,6 +98,7 @@ class Production {
 
   TempDir tmp;
   std::filesystem::path checkout, markers, state, service_dir, config;
+  std::string target_section;  // this target's [[target]] table, to combine several in one config
   int port = 0;
 
  private:
