@@ -61,7 +61,6 @@ std::string_view to_string(Phase phase) {
   switch (phase) {
     case Phase::starting: return "starting";
     case Phase::watching: return "watching";
-    case Phase::claimed: return "claimed";
     case Phase::waiting_idle: return "waiting-idle";
     case Phase::restarting: return "restarting";
     case Phase::verifying: return "verifying";
@@ -356,9 +355,8 @@ asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) 
   }
   deploy.commit = head.commit;
   deploy.previous_known_good = status_.last_known_good.empty() ? fallback_commit_ : status_.last_known_good;
-  deploy.record_phase = "claimed";
-  write_record(deploy, false);  // the claim itself was the rename; losing this rewrite loses nothing
-  enter(Phase::claimed, deploy.commit, deploy.marker.message);
+  // No record is written yet: until the next phase rewrites it, the claimed marker itself is
+  // the record, and a claimed marker found at start-up is deployed like a new one.
   spdlog::info("{}: claimed deploy of {}{}{}", target_.name, short_sha(deploy.commit),
                deploy.marker.staged_by.empty() ? "" : " staged by " + deploy.marker.staged_by,
                deploy.marker.message.empty() ? "" : ": \"" + one_line(deploy.marker.message) + "\"");
@@ -366,10 +364,9 @@ asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) 
 }
 
 asio::awaitable<void> DeployMachine::wait_until_idle(Deploy& deploy) {
-  if (!target_.idle) co_return;
   const IdleConfig& idle = *target_.idle;
   deploy.record_phase = "waiting-idle";
-  write_record(deploy, false);  // before the restart: a lost rewrite leaves "claimed", which resumes the same way
+  write_record(deploy, false);  // a lost rewrite leaves the claimed marker, which resumes the same way
   enter(Phase::waiting_idle, deploy.commit, "checking");
   spdlog::info("{}: waiting until the agent has been idle for {} before restarting {}", target_.name,
                format_duration(idle.quiet), short_sha(deploy.commit));
@@ -446,8 +443,13 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::verify(const std::string&
 }
 
 asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
-  co_await wait_until_idle(deploy);
-  HeadCommit head = co_await actions_.head();
+  // The agent may have committed while we waited; without a wait HEAD was read just now.
+  // (No co_await inside a conditional expression: g++ 12 miscompiles it.)
+  HeadCommit head{deploy.commit, {}};
+  if (target_.idle) {
+    co_await wait_until_idle(deploy);
+    head = co_await actions_.head();
+  }
   if (head.error.empty() && head.commit != deploy.commit) {
     if (!deploy.marker.commit.empty()) {
       reject(marker_file::in_progress,

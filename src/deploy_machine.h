@@ -54,7 +54,7 @@ class TargetProcesses final : public TargetActions {
 class DeployMachine {
  public:
   /// Phases as `status` shows them.
-  enum class Phase { starting, watching, claimed, waiting_idle, restarting, verifying, reverting, rebuilding,
+  enum class Phase { starting, watching, waiting_idle, restarting, verifying, reverting, rebuilding,
                      quarantined };
 
   DeployMachine(const TargetConfig& target, const StateStore& store, TargetActions& actions,
