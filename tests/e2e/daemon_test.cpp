@@ -144,6 +144,21 @@ TEST_CASE("an unhealthy commit is reverted to the last known-good commit, the bu
   CHECK(target["last_known_good"].as_string() == good);
 }
 
+TEST_CASE("a service that crashes soon after it started is not healthy, and is reverted") {
+  Production::Options options;
+  options.deadline = "1s";
+  Production prod(options);
+  auto& daemon = started(prod);
+  std::string good = prod.head();
+  std::string bad = prod.commit("crash:1");  // answers one probe, then exits
+  prod.stage_by_rename();
+  REQUIRE(daemon.wait_for_line("reverted " + short_sha(bad)) >= 0);
+  auto reverted = json_file(prod.marker(".deploy-reverted"));
+  CHECK(reverted["reverted_to"].as_string() == good);
+  CHECK(std::string(reverted["reason"].as_string()).find("connection refused") != std::string::npos);
+  CHECK(prod.healthy());
+}
+
 TEST_CASE("a restart that hangs and ignores SIGTERM is killed with its whole process group at its timeout") {
   Production::Options options;
   options.restart_timeout = "1s";
