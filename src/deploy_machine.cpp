@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <fstream>
 
 namespace sentinel {
 namespace asio = boost::asio;
@@ -33,6 +34,23 @@ Duration since(Clock::time_point t) { return std::chrono::duration_cast<Duration
 bool same_commit(const std::string& head, std::string named) {
   std::transform(named.begin(), named.end(), named.begin(), [](unsigned char c) { return std::tolower(c); });
   return head.starts_with(named);
+}
+
+/// This boot's id, to tell a record left by a crash from one left by a reboot.
+const std::string& boot_id() {
+  static const std::string id = [] {
+    std::ifstream in("/proc/sys/kernel/random/boot_id");
+    std::string line;
+    std::getline(in, line);
+    return line;
+  }();
+  return id;
+}
+
+/// Phases of the revert, as recorded: a run that stopped in one of them redoes the revert.
+bool is_revert_phase(std::string_view phase) {
+  return phase == "reverting" || phase == "rebuilding" || phase == "restarting-reverted" ||
+         phase == "verifying-reverted";
 }
 
 /// True when `file` was written less than `age` ago.
@@ -135,6 +153,8 @@ struct DeployMachine::Deploy {
   std::string commit;               // what is being deployed: HEAD when it was claimed
   std::string previous_known_good;  // what a revert goes back to
   std::string record_phase;         // as written to the record
+  std::string resumed_phase;        // the phase a previous run recorded, when resumed from its record
+  std::string failure_reason;       // why a revert is under way
   std::string started_at;
   Clock::time_point started = Clock::now();
   Marker marker;
@@ -177,7 +197,10 @@ void DeployMachine::write_record(const Deploy& deploy, bool durable) {
   json::object doc{{"phase", deploy.record_phase},
                    {"commit", deploy.commit},
                    {"previous_known_good", deploy.previous_known_good},
+                   {"reason", deploy.failure_reason},
                    {"pid", ::getpid()},
+                   {"boot_id", boot_id()},
+                   {"marker_commit", deploy.marker.commit},
                    {"started_at", deploy.started_at},
                    {"updated_at", now_utc()},
                    {"marker", deploy.marker.text},
@@ -307,15 +330,26 @@ asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) 
         auto it = obj.find(key);
         return it != obj.end() && it->value().is_string() ? std::string(it->value().as_string()) : std::string();
       };
+      deploy.resumed_phase = text("phase");
       deploy.commit = text("commit");
+      deploy.previous_known_good = text("previous_known_good");
+      deploy.failure_reason = text("reason");
       deploy.started_at = text("started_at");
       deploy.marker.text = text("marker");
+      deploy.marker.commit = text("marker_commit");
       deploy.marker.staged_by = text("staged_by");
       deploy.marker.message = text("message");
-      spdlog::warn("{}: resuming the deploy of {} that was left in phase {} by pid {}", target_.name,
-                   short_sha(deploy.commit), text("phase"),
-                   obj.contains("pid") ? json::serialize(obj.at("pid")) : "?");
+      spdlog::warn("{}: found the deploy of {} that pid {} left in phase {}{}", target_.name, short_sha(deploy.commit),
+                   obj.contains("pid") ? json::serialize(obj.at("pid")) : "?", deploy.resumed_phase,
+                   text("boot_id") == boot_id() ? "" : " before a reboot");
       resumed = true;
+      // From the restart on, the record's commit is what production may run: take it as it is.
+      const std::string& phase = deploy.resumed_phase;
+      if ((phase == "restarting" || phase == "verifying" || is_revert_phase(phase)) && looks_like_commit(deploy.commit)) {
+        if (deploy.previous_known_good.empty()) deploy.previous_known_good = status_.last_known_good;
+        co_return Next::deploy;
+      }
+      deploy.resumed_phase.clear();  // before the restart: the deploy is simply still pending
     }
   } else {
     boost::system::error_code ec;
@@ -397,8 +431,12 @@ asio::awaitable<void> DeployMachine::wait_until_idle(Deploy& deploy) {
                format_duration(since(waiting_since)));
 }
 
-asio::awaitable<DeployMachine::Verdict> DeployMachine::restart_and_verify(Deploy& deploy, const std::string& commit) {
+asio::awaitable<DeployMachine::Verdict> DeployMachine::restart_and_verify(Deploy& deploy, bool reverting) {
   const fs::path record = target_.marker_dir / marker_file::in_progress;
+  const std::string& commit = reverting ? deploy.previous_known_good : deploy.commit;
+  // Written before the restart: a run that stops from here on restarts once more, since it cannot
+  // know whether this restart happened.
+  deploy.record_phase = reverting ? "restarting-reverted" : "restarting";
   write_record(deploy, false);
   enter(Phase::restarting, commit, "");
   spdlog::info("{}: restarting production on {}", target_.name, short_sha(commit));
@@ -409,6 +447,10 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::restart_and_verify(Deploy
     spdlog::warn("{}: restart command {} after {}", target_.name, r.describe(), format_duration(r.elapsed));
     co_return Verdict{false, "the restart command " + r.describe(), r.tail};
   }
+  // The restart is known to have happened: a run that stops from here on only verifies. Not
+  // fsynced: losing it in a power cut costs one extra restart, as above.
+  deploy.record_phase = reverting ? "verifying-reverted" : "verifying";
+  write_record(deploy, false);
   spdlog::info("{}: restart command finished in {}; verifying health", target_.name, format_duration(r.elapsed));
   Verdict v = co_await verify(commit);
   v.output = r.tail;
@@ -443,26 +485,45 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::verify(const std::string&
 }
 
 asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
-  // The agent may have committed while we waited; without a wait HEAD was read just now.
-  // (No co_await inside a conditional expression: g++ 12 miscompiles it.)
-  HeadCommit head{deploy.commit, {}};
-  if (target_.idle) {
-    co_await wait_until_idle(deploy);
-    head = co_await actions_.head();
+  const std::string& resumed = deploy.resumed_phase;
+  if (is_revert_phase(resumed)) {
+    spdlog::warn("{}: the sentinel stopped while reverting {} to {}; redoing the whole revert", target_.name,
+                 short_sha(deploy.commit), short_sha(deploy.previous_known_good));
+    Verdict failure{false, deploy.failure_reason, {}};
+    if (failure.reason.empty()) failure.reason = "the deploy failed (the reason was lost when the sentinel stopped)";
+    co_await revert(deploy, std::move(failure));  // a named local: g++ 12 mishandles temporaries here
+    co_return;
   }
-  if (head.error.empty() && head.commit != deploy.commit) {
-    if (!deploy.marker.commit.empty()) {
-      reject(marker_file::in_progress,
-             "HEAD moved from " + deploy.commit + " to " + head.commit + " while waiting for idle; stage again",
-             deploy.marker.text);
-      co_return;
+  Verdict verdict;
+  if (resumed == "verifying") {
+    spdlog::warn("{}: the sentinel stopped while verifying {}; verifying it again without another restart",
+                 target_.name, short_sha(deploy.commit));
+    deploy.record_phase = "verifying";
+    write_record(deploy, false);
+    verdict = co_await verify(deploy.commit);
+  } else {
+    if (resumed == "restarting") {
+      spdlog::warn("{}: the sentinel stopped while restarting {}, so that restart's outcome is unknown: restarting "
+                   "once more",
+                   target_.name, short_sha(deploy.commit));
+    } else if (target_.idle) {
+      co_await wait_until_idle(deploy);
+      // The agent may have committed while we waited (without a wait HEAD was read just now).
+      HeadCommit head = co_await actions_.head();
+      if (head.error.empty() && head.commit != deploy.commit) {
+        if (!deploy.marker.commit.empty()) {
+          reject(marker_file::in_progress,
+                 "HEAD moved from " + deploy.commit + " to " + head.commit + " while waiting for idle; stage again",
+                 deploy.marker.text);
+          co_return;
+        }
+        spdlog::info("{}: HEAD moved from {} to {} while waiting for idle; deploying {}", target_.name,
+                     short_sha(deploy.commit), short_sha(head.commit), short_sha(head.commit));
+        deploy.commit = head.commit;
+      }
     }
-    spdlog::info("{}: HEAD moved from {} to {} while waiting for idle; deploying {}", target_.name,
-                 short_sha(deploy.commit), short_sha(head.commit), short_sha(head.commit));
-    deploy.commit = head.commit;
+    verdict = co_await restart_and_verify(deploy, false);
   }
-  deploy.record_phase = "restarting";
-  Verdict verdict = co_await restart_and_verify(deploy, deploy.commit);
   if (!verdict.ok) {
     co_await revert(deploy, std::move(verdict));
     co_return;
@@ -513,6 +574,9 @@ asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
                short_sha(target));
   const auto revert_started = Clock::now();
   deploy.record_phase = "reverting";
+  deploy.failure_reason = failure.reason;
+  // Not fsynced: a record lost in a power cut leaves "restarting" or "verifying", whose resume
+  // fails the same way and reverts again.
   write_record(deploy, false);
   enter(Phase::reverting, target, failure.reason);
   RunResult reset = co_await actions_.reset_to(target);
@@ -542,8 +606,7 @@ asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
       co_return;
     }
   }
-  deploy.record_phase = "restarting-reverted";
-  Verdict again = co_await restart_and_verify(deploy, target);
+  Verdict again = co_await restart_and_verify(deploy, true);
   if (!again.ok) {
     revert_output = again.output;
     give_up("after reverting to " + target + ", " + again.reason);

@@ -92,7 +92,8 @@ class DeployMachine {
   boost::asio::awaitable<Next> next_deploy(Deploy& deploy);
   boost::asio::awaitable<void> carry_out(Deploy& deploy);
   boost::asio::awaitable<void> wait_until_idle(Deploy& deploy);
-  boost::asio::awaitable<Verdict> restart_and_verify(Deploy& deploy, const std::string& commit);
+  /// Restarts production on the deploy's commit, or on its previous known-good when `reverting`.
+  boost::asio::awaitable<Verdict> restart_and_verify(Deploy& deploy, bool reverting);
   boost::asio::awaitable<Verdict> verify(const std::string& commit);
   boost::asio::awaitable<void> revert(Deploy& deploy, Verdict failure);
 

@@ -382,3 +382,67 @@ TEST_CASE("a truncated marker that nobody finishes writing is refused once it ha
   REQUIRE(rig.run_until([&] { return rig.has(marker_file::rejected) && rig.settled(); }));
   CHECK(rig.world.calls.empty());
 }
+
+namespace {
+
+void write_record(Rig& rig, const std::string& phase, const std::string& commit, const std::string& extra = "") {
+  sentinel::test::write_file(rig.marker(marker_file::in_progress),
+                             "{\"phase\":\"" + phase + "\",\"commit\":\"" + commit +
+                                 "\",\"previous_known_good\":\"" + kGood + "\",\"pid\":1" + extra + "}");
+}
+
+}  // namespace
+
+TEST_CASE("a run that stopped while verifying verifies again without restarting production once more") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kNext;
+  write_record(rig, "verifying", kNext);
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.settled(); }));
+  CHECK(rig.world.count("restart 3333") == 0);
+  CHECK(rig.world.count("probe ok") == 2);
+  CHECK(rig.store.known_good("prod") == kNext);
+  CHECK(rig.last_result() == "deployed");
+}
+
+TEST_CASE("a run that stopped while verifying a broken commit reverts it after verifying again") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kBad;
+  rig.world.broken = {kBad};
+  write_record(rig, "verifying", kBad);
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.settled() && rig.last_result() == "reverted"; }));
+  CHECK(rig.world.count("restart 2222") == 0);
+  CHECK(rig.world.count("restart 1111") == 1);
+}
+
+TEST_CASE("a run that stopped during a revert redoes the whole revert and still tells the agent why") {
+  Rig rig;
+  rig.target.build = CommandSpec{{"build"}};
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kBad;  // stopped before the reset happened
+  rig.world.broken = {kBad};
+  write_record(rig, "rebuilding", kBad, ",\"reason\":\"not healthy within 60s (last probe: HTTP 503)\"");
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.settled() && rig.last_result() == "reverted"; }));
+  CHECK(rig.world.calls == std::vector<std::string>{"reset 1111", "build 1111", "restart 1111", "probe ok", "probe ok"});
+  auto reverted = rig.json_of(marker_file::reverted);
+  CHECK(reverted["failed_commit"].as_string() == kBad);
+  CHECK(reverted["reverted_to"].as_string() == kGood);
+  CHECK(reverted["reason"].as_string() == "not healthy within 60s (last probe: HTTP 503)");
+}
+
+TEST_CASE("a deploy that was still waiting for idle when the run stopped waits for idle again") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kNext;
+  rig.target.idle = IdleConfig{{"agent-idle"}, 1ms, 2ms, 1s};
+  rig.world.idle_answers = {IdleAnswer::State::busy};
+  write_record(rig, "waiting-idle", kNext);
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.settled(); }));
+  CHECK(rig.world.calls.front() == "busy");
+  CHECK(rig.world.count("restart 3333") == 1);
+}

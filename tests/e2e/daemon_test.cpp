@@ -159,6 +159,23 @@ TEST_CASE("a service that crashes soon after it started is not healthy, and is r
   CHECK(prod.healthy());
 }
 
+TEST_CASE("a daemon killed with SIGKILL while verifying verifies again after its restart, without restarting "
+          "production twice") {
+  Production prod;
+  auto& first = started(prod);
+  std::string sha = prod.commit("slow:1500");  // keeps the deploy in "verifying" for 1.5 s
+  prod.stage_by_rename();
+  REQUIRE(first.wait_for_line("verifying health") >= 0);
+  first.kill_hard();
+  CHECK(read_file(prod.marker(".deploy-in-progress")).find("\"phase\":\"verifying\"") != std::string::npos);
+
+  auto& second = prod.start_daemon();
+  REQUIRE(second.wait_for_line("verifying it again without another restart") >= 0);
+  REQUIRE(second.wait_for_line("deployed " + short_sha(sha)) >= 0);
+  CHECK(prod.restarts().size() == 2);  // production's own start, then this deploy's one restart
+  CHECK(known_good(prod) == sha);
+}
+
 TEST_CASE("a restart that hangs and ignores SIGTERM is killed with its whole process group at its timeout") {
   Production::Options options;
   options.restart_timeout = "1s";

@@ -176,6 +176,15 @@ int DaemonProcess::count_lines(const std::string& text) {
   return n;
 }
 
+void DaemonProcess::kill_hard() {
+  if (pid_ <= 0) return;
+  ::kill(pid_, SIGKILL);
+  int status = 0;
+  ::waitpid(pid_, &status, 0);
+  exit_status_ = decode(status);
+  pid_ = -1;
+}
+
 int DaemonProcess::stop() {
   if (pid_ > 0) {
     ::kill(pid_, SIGTERM);

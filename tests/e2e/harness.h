@@ -47,6 +47,8 @@ class DaemonProcess {
   int count_lines(const std::string& text);
   /// SIGTERM, then waits for exit; returns the exit status (128 + signal if killed).
   int stop();
+  /// SIGKILL, as a crash or the OOM killer would, and reaps it.
+  void kill_hard();
   pid_t pid() const { return pid_; }
   const std::vector<std::string>& lines() const { return lines_; }
 
