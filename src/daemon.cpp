@@ -57,31 +57,46 @@ int run_daemon(const Config& config) {
     runtime->watch.start();  // before the first look at the directory, so nothing slips between
     runtimes.push_back(std::move(runtime));
   }
+  // Once a stop is asked for, the loop ends when every target has finished: detached readers
+  // of a left-behind daemon's output must not keep it alive.
+  std::size_t running = runtimes.size();
+  bool stopping = false;
   for (std::size_t i = 0; i < runtimes.size(); ++i) {
     auto run = [](std::shared_ptr<TargetRuntime> rt) -> asio::awaitable<void> { co_await rt->machine.run(); };
-    asio::co_spawn(ctx, run(runtimes[i]), [name = config.targets[i].name](std::exception_ptr e) {
-      if (!e) return;
-      try {
-        std::rethrow_exception(e);
-      } catch (const std::exception& ex) {
-        spdlog::critical("{}: stopped by an internal error: {}; other targets go on", name, ex.what());
+    asio::co_spawn(ctx, run(runtimes[i]), [&, name = config.targets[i].name](std::exception_ptr e) {
+      if (e) {
+        try {
+          std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+          spdlog::critical("{}: stopped by an internal error: {}; other targets go on", name, ex.what());
+        }
       }
+      if (--running == 0 && stopping) ctx.stop();
     });
   }
+  std::vector<std::weak_ptr<TargetRuntime>> targets(runtimes.begin(), runtimes.end());
   runtimes.clear();  // the coroutines own them now
 
   asio::signal_set signals(ctx, SIGTERM, SIGINT, SIGHUP);
   std::function<void(const boost::system::error_code&, int)> on_signal =
       [&](const boost::system::error_code& ec, int signo) {
         if (ec) return;
+        const char* name = signo == SIGTERM ? "SIGTERM" : signo == SIGINT ? "SIGINT" : "SIGHUP";
         if (signo == SIGHUP) {
           spdlog::warn("SIGHUP: reloading the config is not supported yet; restart the service to apply changes");
-          signals.async_wait(on_signal);
+        } else if (stopping) {
+          spdlog::warn("{} again: stopping now; running commands are killed", name);
+          ctx.stop();
           return;
+        } else {
+          spdlog::info("{}: stopping; running commands may finish, up to their timeouts", name);
+          stopping = true;
+          for (auto& weak : targets) {
+            if (auto target = weak.lock()) target->machine.request_stop();
+          }
+          if (running == 0) ctx.stop();
         }
-        spdlog::info("{}: stopping; a deploy in progress stays recorded and resumes at the next start",
-                     signo == SIGTERM ? "SIGTERM" : "SIGINT");
-        ctx.stop();
+        signals.async_wait(on_signal);
       };
   signals.async_wait(on_signal);
 

@@ -232,16 +232,30 @@ void DeployMachine::stuck(const std::string& why) {
   }
 }
 
+/// Thrown out of a wait once a stop was requested, to unwind the deploy to run().
+struct DeployMachine::StopRequested {};
+
+void DeployMachine::request_stop() {
+  stopping_ = true;
+  wake_.cancel();
+  if (sleeping_ != nullptr) sleeping_->cancel();
+}
+
 asio::awaitable<void> DeployMachine::sleep_for(Duration d) {
+  if (stopping_) throw StopRequested{};
   asio::steady_timer timer(co_await asio::this_coro::executor, d);
-  co_await timer.async_wait(asio::use_awaitable);
+  sleeping_ = &timer;
+  co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+  sleeping_ = nullptr;
+  if (stopping_) throw StopRequested{};
 }
 
 asio::awaitable<void> DeployMachine::wait_for_poke() {
-  if (!poked_) {
+  if (!poked_ && !stopping_) {
     wake_.expires_at(asio::steady_timer::time_point::max());
     co_await wake_.async_wait(asio::as_tuple(asio::use_awaitable));
   }
+  if (stopping_) throw StopRequested{};
   poked_ = false;
 }
 
@@ -284,6 +298,18 @@ asio::awaitable<void> DeployMachine::adopt_running_commit() {
 }
 
 asio::awaitable<void> DeployMachine::run() {
+  try {
+    co_await serve();
+  } catch (const StopRequested&) {
+    if (exists(marker_file::in_progress)) {
+      spdlog::info("{}: stopped; the deploy in progress stays recorded and resumes at the next start", target_.name);
+    } else {
+      spdlog::info("{}: stopped", target_.name);
+    }
+  }
+}
+
+asio::awaitable<void> DeployMachine::serve() {
   co_await start_up();
   for (;;) {
     if (exists(marker_file::failed)) {

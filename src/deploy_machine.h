@@ -64,8 +64,13 @@ class DeployMachine {
   /// also while a deploy runs (the new marker is taken after it).
   void poke();
 
-  /// Runs the target until cancelled: start-up checks, then every staged deploy in turn.
+  /// Runs the target: start-up checks, then every staged deploy in turn, until request_stop().
   boost::asio::awaitable<void> run();
+
+  /// Asks run() to return at the next wait: a running command (restart, build, git, probe) is
+  /// never interrupted and ends by itself or at its timeout; the deploy's record stays on disk,
+  /// saying where the next start takes over.
+  void request_stop();
 
   Phase phase() const { return phase_; }
 
@@ -85,6 +90,8 @@ class DeployMachine {
     std::vector<std::string> output;
   };
 
+  struct StopRequested;
+  boost::asio::awaitable<void> serve();
   boost::asio::awaitable<void> start_up();
   boost::asio::awaitable<void> adopt_running_commit();
   boost::asio::awaitable<void> wait_for_poke();
@@ -111,6 +118,8 @@ class DeployMachine {
   TargetActions& actions_;
   boost::asio::steady_timer wake_;
   bool poked_ = false;
+  bool stopping_ = false;
+  boost::asio::steady_timer* sleeping_ = nullptr;  // the timer of the wait in progress, to cut it short
   Phase phase_ = Phase::starting;
   TargetStatus status_;
   std::string fallback_commit_;  // the commit running at start-up, when no known-good exists

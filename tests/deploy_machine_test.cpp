@@ -97,6 +97,7 @@ struct Rig {
   ScriptedWorld world;
   asio::io_context ctx;
   std::shared_ptr<DeployMachine> machine;
+  bool finished = false;  // run() returned
 
   Rig() {
     target.name = "prod";
@@ -119,7 +120,8 @@ struct Rig {
   void start() {
     machine = std::make_shared<DeployMachine>(target, store, world, ctx.get_executor());
     auto run = [](std::shared_ptr<DeployMachine> m) -> asio::awaitable<void> { co_await m->run(); };
-    asio::co_spawn(ctx, run(machine), [](std::exception_ptr e) {
+    asio::co_spawn(ctx, run(machine), [this](std::exception_ptr e) {
+      finished = true;
       if (e) std::rethrow_exception(e);
     });
   }
@@ -445,4 +447,27 @@ TEST_CASE("a deploy that was still waiting for idle when the run stopped waits f
   REQUIRE(rig.run_until([&] { return rig.settled(); }));
   CHECK(rig.world.calls.front() == "busy");
   CHECK(rig.world.count("restart 3333") == 1);
+}
+
+TEST_CASE("a stop requested while waiting for idle ends the run at once and keeps the deploy recorded") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kNext;
+  rig.target.idle = IdleConfig{{"agent-idle"}, 1h, 1h, 1s};  // would wait an hour
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.machine->phase() == DeployMachine::Phase::waiting_idle; }));
+  rig.machine->request_stop();
+  REQUIRE(rig.run_until([&] { return rig.finished; }));
+  CHECK(rig.world.count("restart 3333") == 0);
+  CHECK(rig.json_of(marker_file::in_progress)["phase"].as_string() == "waiting-idle");
+}
+
+TEST_CASE("a stop requested while watching ends the run") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.machine->phase() == DeployMachine::Phase::watching; }));
+  rig.machine->request_stop();
+  REQUIRE(rig.run_until([&] { return rig.finished; }));
 }

@@ -176,6 +176,26 @@ TEST_CASE("a daemon killed with SIGKILL while verifying verifies again after its
   CHECK(known_good(prod) == sha);
 }
 
+TEST_CASE("SIGTERM during a restart lets the restart finish, exits 0, and the next start verifies without "
+          "restarting again") {
+  Production::Options options;
+  options.restart_delay = "1";
+  Production prod(options);
+  auto& first = started(prod);
+  std::string sha = prod.commit("healthy");
+  prod.stage_by_rename();
+  REQUIRE(first.wait_for_line("restarting production on " + short_sha(sha)) >= 0);
+  CHECK(first.stop() == 0);
+  CHECK(first.count_lines("[prod restart] restarted") == 1);  // it was not killed half-way
+  CHECK(first.count_lines("the deploy in progress stays recorded") == 1);
+  CHECK(prod.restarts().size() == 2);
+
+  auto& second = prod.start_daemon();
+  REQUIRE(second.wait_for_line("verifying it again without another restart") >= 0);
+  REQUIRE(second.wait_for_line("deployed " + short_sha(sha)) >= 0);
+  CHECK(prod.restarts().size() == 2);
+}
+
 TEST_CASE("a restart that hangs and ignores SIGTERM is killed with its whole process group at its timeout") {
   Production::Options options;
   options.restart_timeout = "1s";

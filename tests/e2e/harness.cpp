@@ -227,9 +227,12 @@ Production::Production(Options o)
   std::string& text = target_section;
   text += "[[target]]\nname = \"" + o.name + "\"\nmarker_dir = \"" + markers.string() + "\"\n";
   text += "checkout = \"" + checkout.string() + "\"\n";
-  text += "restart = { command = [\"" + std::string(FAKE_SERVICE) + "\", \"restart\", \"--port\", \"" +
-          std::to_string(port) + "\", \"--state\", \"" + service_dir.string() + "\"], timeout = \"" +
-          o.restart_timeout + "\", kill_grace = \"300ms\" }\n";
+  const std::string restart = std::string(FAKE_SERVICE) + "\", \"restart\", \"--port\", \"" +
+                              std::to_string(port) + "\", \"--state\", \"" + service_dir.string();
+  const std::string argv = o.restart_delay.empty()
+                               ? "\"" + restart + "\""
+                               : "\"sh\", \"-c\", \"sleep " + o.restart_delay + "; exec \\\"$0\\\" \\\"$@\\\"\", \"" + restart + "\"";
+  text += "restart = { command = [" + argv + "], timeout = \"" + o.restart_timeout + "\", kill_grace = \"300ms\" }\n";
   if (o.with_build) {
     text += "build = { command = [\"sh\", \"-c\", \"echo built $(git rev-parse HEAD) >> ../build.log; "
             "test ! -e ../build-fails\"] }\n";

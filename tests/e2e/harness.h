@@ -68,6 +68,7 @@ class Production {
   struct Options {
     std::string name = "prod";
     std::string restart_timeout = "5s";
+    std::string restart_delay;  // e.g. "1": the restart command sleeps this many seconds first
     std::string deadline = "3s";
     bool with_build = false;  // the build fails while the file `build-fails` exists beside the checkout
     bool with_idle = false;
