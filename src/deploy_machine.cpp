@@ -227,7 +227,7 @@ DeployMachine::Next DeployMachine::reject(std::string_view file_name, const std:
 
 void DeployMachine::stuck(const std::string& why) {
   if (why != stuck_reason_) {
-    spdlog::error("{}: {}; trying again every {}", target_.name, why, format_duration(kRetryAfter));
+    spdlog::error("{}: {}; trying again every {}", target_.name, why, format_duration(retry_after_));
     stuck_reason_ = why;
   }
 }
@@ -298,13 +298,28 @@ asio::awaitable<void> DeployMachine::adopt_running_commit() {
 }
 
 asio::awaitable<void> DeployMachine::run() {
-  try {
-    co_await serve();
-  } catch (const StopRequested&) {
-    if (exists(marker_file::in_progress)) {
-      spdlog::info("{}: stopped; the deploy in progress stays recorded and resumes at the next start", target_.name);
-    } else {
-      spdlog::info("{}: stopped", target_.name);
+  for (;;) {
+    std::string failure;
+    try {
+      co_await serve();
+    } catch (const StopRequested&) {
+      if (exists(marker_file::in_progress)) {
+        spdlog::info("{}: stopped; the deploy in progress stays recorded and resumes at the next start", target_.name);
+      } else {
+        spdlog::info("{}: stopped", target_.name);
+      }
+      co_return;
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+    // A bug or an unexpected system error must not stop this target for good: its record is on
+    // disk, and starting over resumes from it.
+    spdlog::critical("{}: internal error: {}; starting this target over in {}", target_.name, failure,
+                     format_duration(retry_after_));
+    try {
+      co_await sleep_for(retry_after_);
+    } catch (const StopRequested&) {
+      co_return;
     }
   }
 }
@@ -338,7 +353,7 @@ asio::awaitable<void> DeployMachine::serve() {
         co_await sleep_for(kSettle);
         break;
       case Next::stuck:
-        co_await sleep_for(kRetryAfter);  // the error was logged; the marker stays where it is
+        co_await sleep_for(retry_after_);  // the error was logged; the marker stays where it is
         break;
     }
   }

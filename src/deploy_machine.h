@@ -65,6 +65,7 @@ class DeployMachine {
   void poke();
 
   /// Runs the target: start-up checks, then every staged deploy in turn, until request_stop().
+  /// An unexpected exception is logged and the target starts over from its record.
   boost::asio::awaitable<void> run();
 
   /// Asks run() to return at the next wait: a running command (restart, build, git, probe) is
@@ -74,13 +75,16 @@ class DeployMachine {
 
   Phase phase() const { return phase_; }
 
+  /// How long to wait before trying again after an error that looking again at once would not
+  /// fix (5 s; tests shorten it).
+  void set_retry_after(Duration d) { retry_after_ = d; }
+
   /// What the marker directory offered: a deploy to carry out, nothing, a marker refused (look
   /// again at once), a marker that may still be being written (look again shortly), or an error
   /// that will not go away by looking again at once.
   enum class Next { deploy, nothing, refused, settling, stuck };
 
  private:
-  static constexpr Duration kRetryAfter{5000};
   static constexpr Duration kSettle{1000};
 
   struct Deploy;
@@ -119,6 +123,7 @@ class DeployMachine {
   boost::asio::steady_timer wake_;
   bool poked_ = false;
   bool stopping_ = false;
+  Duration retry_after_{5000};
   boost::asio::steady_timer* sleeping_ = nullptr;  // the timer of the wait in progress, to cut it short
   Phase phase_ = Phase::starting;
   TargetStatus status_;

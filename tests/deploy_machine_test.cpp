@@ -42,12 +42,14 @@ struct ScriptedWorld final : TargetActions {
   std::deque<int> restart_statuses;  // then 0
   int reset_status = 0;
   std::function<void()> during_restart;
+  bool throw_on_restart = false;
   std::vector<std::string> calls;
 
   bool is_broken(const std::string& c) const { return std::find(broken.begin(), broken.end(), c) != broken.end(); }
 
   asio::awaitable<RunResult> restart(std::function<void()> on_started) override {
     calls.push_back("restart " + head_commit.substr(0, 4));
+    if (std::exchange(throw_on_restart, false)) throw std::runtime_error("simulated internal error");
     on_started();
     if (during_restart) std::exchange(during_restart, nullptr)();
     int status = 0;
@@ -119,6 +121,7 @@ struct Rig {
 
   void start() {
     machine = std::make_shared<DeployMachine>(target, store, world, ctx.get_executor());
+    machine->set_retry_after(5ms);
     auto run = [](std::shared_ptr<DeployMachine> m) -> asio::awaitable<void> { co_await m->run(); };
     asio::co_spawn(ctx, run(machine), [this](std::exception_ptr e) {
       finished = true;
@@ -470,4 +473,16 @@ TEST_CASE("a stop requested while watching ends the run") {
   REQUIRE(rig.run_until([&] { return rig.machine->phase() == DeployMachine::Phase::watching; }));
   rig.machine->request_stop();
   REQUIRE(rig.run_until([&] { return rig.finished; }));
+}
+
+TEST_CASE("an internal error does not stop the target for good: it starts over and resumes the deploy") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kNext;
+  rig.world.throw_on_restart = true;
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.settled() && rig.last_result() == "deployed"; }));
+  CHECK(rig.world.count("restart 3333") == 2);  // the record said "restarting": restart once more
+  CHECK_FALSE(rig.finished);
 }
