@@ -87,10 +87,7 @@ int stage(const std::string& config_path, const std::string& target_name, std::s
 /// What `status` knows of one target, from state_dir and the marker directory.
 json::object target_status(const StateStore& store, const TargetConfig& target, bool running) {
   auto status = store.read_status(target.name).value_or(TargetStatus{});
-  auto here = [&](std::string_view name) {
-    std::error_code ec;
-    return fs::symlink_status(target.marker_dir / name, ec).type() != fs::file_type::not_found;
-  };
+  auto here = [&](std::string_view name) { return marker_present(target.marker_dir, name); };
   json::object obj;
   obj["name"] = target.name;
   obj["phase"] = running ? (status.phase.empty() ? "starting" : status.phase) : "not-running";

@@ -169,10 +169,7 @@ void DeployMachine::poke() {
   wake_.cancel();
 }
 
-bool DeployMachine::exists(std::string_view file_name) const {
-  std::error_code ec;
-  return fs::symlink_status(target_.marker_dir / file_name, ec).type() != fs::file_type::not_found && !ec;
-}
+bool DeployMachine::exists(std::string_view file_name) const { return marker_present(target_.marker_dir, file_name); }
 
 void DeployMachine::enter(Phase phase, const std::string& commit, const std::string& detail) {
   if (phase != phase_ || status_.since.empty()) status_.since = now_utc();
@@ -367,10 +364,7 @@ asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) 
     json::value doc = json::parse(read_small_file(record, ec), ec);
     if (!ec && doc.is_object() && doc.as_object().contains("phase")) {
       const auto& obj = doc.as_object();
-      auto text = [&](std::string_view key) {
-        auto it = obj.find(key);
-        return it != obj.end() && it->value().is_string() ? std::string(it->value().as_string()) : std::string();
-      };
+      auto text = [&](std::string_view key) { return string_field(obj, key); };
       deploy.resumed_phase = text("phase");
       deploy.commit = text("commit");
       deploy.previous_known_good = text("previous_known_good");

@@ -114,6 +114,16 @@ std::string format_utc(std::chrono::system_clock::time_point t) {
   return buf;
 }
 
+bool marker_present(const fs::path& dir, std::string_view name) {
+  std::error_code ec;
+  return fs::symlink_status(dir / name, ec).type() != fs::file_type::not_found && !ec;
+}
+
+std::string string_field(const json::object& obj, std::string_view key) {
+  auto it = obj.find(key);
+  return it != obj.end() && it->value().is_string() ? std::string(it->value().as_string()) : std::string();
+}
+
 bool looks_like_commit(std::string_view text) {
   return text.size() >= 7 && text.size() <= 40 &&
          std::all_of(text.begin(), text.end(), [](unsigned char c) { return std::isxdigit(c); });

@@ -1,6 +1,7 @@
 #pragma once
 // The files in a marker directory: how they are named, read safely, written atomically.
 
+#include <boost/json/fwd.hpp>
 #include <boost/system/error_code.hpp>
 
 #include <chrono>
@@ -79,6 +80,14 @@ std::string to_valid_utf8(std::string_view text);
 
 /// "2026-11-25T14:03:12Z".
 std::string format_utc(std::chrono::system_clock::time_point t);
+
+/// True when `dir/name` exists as anything at all (a dangling symlink counts); false also when
+/// it cannot be looked at.
+bool marker_present(const std::filesystem::path& dir, std::string_view name);
+
+/// The string at `key` in a JSON object read from one of our files, or "" when it is missing or
+/// not a string.
+std::string string_field(const boost::json::object& obj, std::string_view key);
 
 /// True for 7 to 40 lowercase or uppercase hex digits.
 bool looks_like_commit(std::string_view text);

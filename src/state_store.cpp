@@ -25,13 +25,8 @@ json::object outcome_json(const Outcome& o) {
   return {{"result", o.result}, {"commit", o.commit}, {"reason", o.reason}, {"at", o.at}};
 }
 
-std::string string_at(const json::object& obj, std::string_view key) {
-  auto it = obj.find(key);
-  return it != obj.end() && it->value().is_string() ? std::string(it->value().as_string()) : std::string();
-}
-
 Outcome outcome_from(const json::object& obj) {
-  return {string_at(obj, "result"), string_at(obj, "commit"), string_at(obj, "reason"), string_at(obj, "at")};
+  return {string_field(obj, "result"), string_field(obj, "commit"), string_field(obj, "reason"), string_field(obj, "at")};
 }
 
 }  // namespace
@@ -78,11 +73,11 @@ std::optional<TargetStatus> StateStore::read_status(const std::string& target) c
   if (ec || !doc.is_object()) return std::nullopt;
   const auto& obj = doc.as_object();
   TargetStatus s;
-  s.phase = string_at(obj, "phase");
-  s.since = string_at(obj, "since");
-  s.commit = string_at(obj, "commit");
-  s.detail = string_at(obj, "detail");
-  s.last_known_good = string_at(obj, "last_known_good");
+  s.phase = string_field(obj, "phase");
+  s.since = string_field(obj, "since");
+  s.commit = string_field(obj, "commit");
+  s.detail = string_field(obj, "detail");
+  s.last_known_good = string_field(obj, "last_known_good");
   if (auto it = obj.find("last_outcome"); it != obj.end() && it->value().is_object()) {
     s.last_outcome = outcome_from(it->value().as_object());
   }
