@@ -41,12 +41,18 @@ using KeyList = std::span<const std::string_view>;
 
 constexpr std::array kTopLevelKeys{"sentinel"sv, "target"sv};
 constexpr std::array kSentinelKeys{"state_dir"sv, "log_level"sv};
-constexpr std::array kTargetKeys{"name"sv,  "marker_dir"sv, "checkout"sv, "restart"sv,
-                                 "build"sv, "health"sv,     "idle"sv};
+constexpr std::array kTargetKeys{"name"sv,   "marker_dir"sv, "checkout"sv, "restart"sv, "build"sv,
+                                 "health"sv, "idle"sv,       "cycle"sv,    "monitor"sv};
 constexpr std::array kCommandSpecKeys{"command"sv, "timeout"sv, "kill_grace"sv};
 constexpr std::array kHealthKeys{"url"sv,      "command"sv,   "timeout"sv, "grace"sv,
                                  "interval"sv, "successes"sv, "deadline"sv};
-constexpr std::array kIdleKeys{"command"sv, "interval"sv, "quiet"sv, "timeout"sv};
+constexpr std::array kIdleKeys{"command"sv, "http"sv,     "lease_file"sv, "interval"sv,
+                               "quiet"sv,   "timeout"sv,  "max_wait"sv,   "on_max_wait"sv};
+constexpr std::array kIdleHttpKeys{"url"sv, "pointer"sv, "match"sv};
+constexpr std::array kMatchKeys{"field"sv, "equals"sv};
+constexpr std::array kCycleKeys{"command"sv, "every"sv, "jitter"sv, "after_recovery"sv, "timeout"sv, "kill_grace"sv};
+constexpr std::array kMonitorKeys{"interval"sv, "failures"sv, "max_recoveries"sv, "window"sv};
+constexpr Duration kDefaultCycleTimeout = 60s;
 constexpr std::array kLogLevels{"trace"sv, "debug"sv,    "info"sv, "warn"sv,
                                 "error"sv, "critical"sv, "off"sv};
 
@@ -302,6 +308,27 @@ class TableReader {
     return node->as_integer()->get();
   }
 
+  std::optional<bool> boolean(std::string_view key) const {
+    const toml::node* node = table_.get(key);
+    if (node == nullptr) return std::nullopt;
+    if (!node->is_boolean()) {
+      fail(key, "expected true or false, got " + std::string(describe_type(node->type())));
+    }
+    return node->as_boolean()->get();
+  }
+
+  /// An integer from 1 to INT_MAX.
+  std::optional<int> count(std::string_view key) const {
+    const std::optional<std::int64_t> value = integer(key);
+    if (!value) return std::nullopt;
+    if (*value < 1) fail(key, "must be at least 1, got " + std::to_string(*value));
+    if (*value > std::numeric_limits<int>::max()) {
+      fail(key, "must be at most " + std::to_string(std::numeric_limits<int>::max()) + ", got " +
+                    std::to_string(*value));
+    }
+    return static_cast<int>(*value);
+  }
+
   std::optional<Duration> duration(std::string_view key, ZeroDuration zero) const {
     const toml::node* node = table_.get(key);
     if (node == nullptr) return std::nullopt;
@@ -428,26 +455,88 @@ HealthConfig read_health(const TableReader& table) {
   health.grace = table.duration("grace", ZeroDuration::allowed).value_or(health.grace);
   health.interval = table.duration("interval", ZeroDuration::rejected).value_or(health.interval);
   health.deadline = table.duration("deadline", ZeroDuration::rejected).value_or(health.deadline);
-  if (const std::optional<std::int64_t> successes = table.integer("successes")) {
-    if (*successes < 1) {
-      table.fail("successes", "must be at least 1, got " + std::to_string(*successes));
-    }
-    if (*successes > std::numeric_limits<int>::max()) {
-      table.fail("successes", "must be at most " + std::to_string(std::numeric_limits<int>::max()) +
-                                  ", got " + std::to_string(*successes));
-    }
-    health.successes = static_cast<int>(*successes);
-  }
+  health.successes = table.count("successes").value_or(health.successes);
   return health;
 }
 
-IdleConfig read_idle(const TableReader& table) {
+/// A JSON pointer as RFC 6901 writes it: empty, or "/" followed by tokens where "~" is only
+/// followed by 0 or 1.
+bool is_json_pointer(std::string_view pointer) {
+  if (!pointer.empty() && pointer.front() != '/') return false;
+  for (std::size_t i = 0; i < pointer.size(); ++i) {
+    if (pointer[i] == '~' && (i + 1 == pointer.size() || (pointer[i + 1] != '0' && pointer[i + 1] != '1'))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+IdleHttpConfig read_idle_http(const TableReader& table) {
+  IdleHttpConfig http;
+  http.url = table.required_string("url");
+  if (const std::optional<std::string> problem = http_url_problem(http.url)) table.fail("url", *problem);
+  http.pointer = table.string("pointer").value_or("");
+  if (!is_json_pointer(http.pointer)) {
+    table.fail("pointer", R"(expected a JSON pointer like "/data/activeSessions" (RFC 6901), got )" +
+                              in_quotes(http.pointer));
+  }
+  if (const std::optional<TableReader> match = table.table("match", kMatchKeys)) {
+    http.match_field = match->required_string("field");
+    http.match_equals = match->required_string("equals");
+    if (http.match_field.empty()) match->fail("field", "must not be empty; name the member to compare, like \"agent\"");
+  }
+  return http;
+}
+
+IdleConfig read_idle(const TableReader& table, const fs::path& base_dir) {
   IdleConfig idle;
-  idle.command = table.required_command("command");
+  idle.command = table.command("command").value_or(std::vector<std::string>{});
+  if (const std::optional<TableReader> http = table.table("http", kIdleHttpKeys)) idle.http = read_idle_http(*http);
+  if (const std::optional<std::string> lease = table.string("lease_file")) {
+    if (lease->empty() || lease->ends_with('/')) {
+      table.fail("lease_file", R"(expected a file path, like "/run/botical/cycle.lease", got )" + in_quotes(*lease));
+    }
+    idle.lease_file = *table.path("lease_file", base_dir);
+  }
+  if (idle.command.empty() && !idle.http && idle.lease_file.empty()) {
+    table.fail_table(R"(needs at least one idle source: command = ["/usr/local/bin/agent-is-idle"], )"
+                     R"([target.idle.http] with url = "http://127.0.0.1:6001/status/data", )"
+                     R"(or lease_file = "/run/agent/cycle.lease")");
+  }
   idle.interval = table.duration("interval", ZeroDuration::rejected).value_or(idle.interval);
   idle.quiet = table.duration("quiet", ZeroDuration::allowed).value_or(idle.quiet);
   idle.timeout = table.duration("timeout", ZeroDuration::rejected).value_or(idle.timeout);
+  idle.max_wait = table.duration("max_wait", ZeroDuration::rejected);
+  if (const std::optional<std::string> on_max_wait = table.string("on_max_wait")) {
+    if (*on_max_wait == "keep-waiting") {
+      idle.on_max_wait = OnMaxWait::keep_waiting;
+    } else if (*on_max_wait == "deploy") {
+      idle.on_max_wait = OnMaxWait::deploy;
+    } else {
+      table.fail("on_max_wait", R"(expected "keep-waiting" or "deploy", got )" + in_quotes(*on_max_wait));
+    }
+    if (!idle.max_wait) table.fail("on_max_wait", R"(only means something with max_wait, like max_wait = "2h")");
+  }
   return idle;
+}
+
+CycleConfig read_cycle(const TableReader& table) {
+  CycleConfig cycle;
+  cycle.command = read_command_spec(table, kDefaultCycleTimeout);
+  if (!table.has("every")) table.fail_missing("every", R"(required key missing; how often a cycle starts, like "2h")");
+  cycle.every = *table.duration("every", ZeroDuration::rejected);
+  cycle.jitter = table.duration("jitter", ZeroDuration::allowed).value_or(cycle.jitter);
+  cycle.after_recovery = table.boolean("after_recovery").value_or(cycle.after_recovery);
+  return cycle;
+}
+
+MonitorConfig read_monitor(const TableReader& table) {
+  MonitorConfig monitor;
+  monitor.interval = table.duration("interval", ZeroDuration::rejected).value_or(monitor.interval);
+  monitor.failures = table.count("failures").value_or(monitor.failures);
+  monitor.max_recoveries = table.count("max_recoveries").value_or(monitor.max_recoveries);
+  monitor.window = table.duration("window", ZeroDuration::rejected).value_or(monitor.window);
+  return monitor;
 }
 
 void check_target_name(const TableReader& table, std::string_view name) {
@@ -481,7 +570,11 @@ TargetConfig read_target(const TableReader& table, const fs::path& base_dir) {
   }
   target.health = read_health(table.required_table("health", kHealthKeys));
   if (const std::optional<TableReader> idle = table.table("idle", kIdleKeys)) {
-    target.idle = read_idle(*idle);
+    target.idle = read_idle(*idle, base_dir);
+  }
+  if (const std::optional<TableReader> cycle = table.table("cycle", kCycleKeys)) target.cycle = read_cycle(*cycle);
+  if (const std::optional<TableReader> monitor = table.table("monitor", kMonitorKeys)) {
+    target.monitor = read_monitor(*monitor);
   }
   return target;
 }

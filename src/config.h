@@ -53,13 +53,47 @@ struct HealthConfig {
   Duration deadline = 60s;           // from the end of the restart; not healthy by then = failed
 };
 
-/// `[target.idle]`: the agent is idle when `command` exits 0 (1 = busy, anything else = error,
-/// treated as busy). Idle must hold for `quiet` before a restart.
+/// `[target.idle.http]`: GET `url`, read the JSON answer, find the array at `pointer`; the agent
+/// is busy while any element has `match_field` equal to `match_equals` (any element at all when
+/// no match is given). Unreachable, non-2xx or malformed answers are "unknown", never idle.
+struct IdleHttpConfig {
+  std::string url;
+  std::string pointer;       // RFC 6901 JSON pointer, "" = the whole document
+  std::string match_field;   // empty = every element counts
+  std::string match_equals;
+};
+
+/// What a deploy waiting for idle does once it has waited `max_wait`.
+enum class OnMaxWait { keep_waiting, deploy };
+
+/// `[target.idle]`: the agent is idle when every configured source says so: `command` exits 0
+/// (1 = busy, anything else = unknown), `http` lists no matching active session, and no lease
+/// is held in `lease_file`. Idle must hold for `quiet` before a restart.
 struct IdleConfig {
-  std::vector<std::string> command;
-  Duration interval = 5s;
+  std::vector<std::string> command;     // empty = no idle command
+  std::optional<IdleHttpConfig> http;
+  std::filesystem::path lease_file;     // empty = no lease; absolute otherwise
+  Duration interval = 5s;               // between checks of command and http
   Duration quiet = 30s;
-  Duration timeout = 30s;  // one run of the idle command
+  Duration timeout = 30s;               // one run of the idle command or one HTTP request
+  std::optional<Duration> max_wait;     // none = wait as long as it takes, silently
+  OnMaxWait on_max_wait = OnMaxWait::keep_waiting;
+};
+
+/// `[target.cycle]`: how the sentinel starts the agent's improvement cycles.
+struct CycleConfig {
+  CommandSpec command;          // `command`, `timeout`, `kill_grace`
+  Duration every = 2h;
+  Duration jitter = 0s;         // each interval is `every` plus a random part of `jitter`
+  bool after_recovery = true;   // one cycle once production is healthy after a revert or recovery
+};
+
+/// `[target.monitor]`: health between deploys, and what to do when production goes down.
+struct MonitorConfig {
+  Duration interval = 30s;      // between probes (each probe uses [target.health].timeout)
+  int failures = 3;             // consecutive failed probes that make production "down"
+  int max_recoveries = 3;       // recoveries allowed within `window`; one more quarantines
+  Duration window = 1h;
 };
 
 /// One `[[target]]`: a production service with its marker directory and checkout.
@@ -71,6 +105,8 @@ struct TargetConfig {
   std::optional<CommandSpec> build;  // run after a revert, before the restart
   HealthConfig health;
   std::optional<IdleConfig> idle;    // none = always idle
+  std::optional<CycleConfig> cycle;  // none = the sentinel starts no cycles
+  std::optional<MonitorConfig> monitor;  // none = health is checked only around deploys
 };
 
 /// The whole file.

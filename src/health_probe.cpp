@@ -35,7 +35,7 @@ using boost::system::error_code;
 namespace {
 
 constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
-constexpr std::uint64_t kBodyLimit = 64 * 1024;
+constexpr std::size_t kProbeBodyLimit = 64 * 1024;
 
 bool valid_host_name(std::string_view host) {
   return !host.empty() && std::all_of(host.begin(), host.end(), [](unsigned char c) {
@@ -68,6 +68,14 @@ std::string describe_timeout(Duration timeout) {
     text += "." + digits.substr(0, digits.find_last_not_of('0') + 1);
   }
   return text + "s";
+}
+
+/// "1 MiB", "64 KiB", "1000 bytes".
+std::string describe_size(std::size_t bytes) {
+  constexpr std::size_t kib = 1024, mib = 1024 * 1024;
+  if (bytes >= mib && bytes % mib == 0) return std::to_string(bytes / mib) + " MiB";
+  if (bytes >= kib && bytes % kib == 0) return std::to_string(bytes / kib) + " KiB";
+  return std::to_string(bytes) + (bytes == 1 ? " byte" : " bytes");
 }
 
 std::string host_header(const HttpUrl& url) {
@@ -135,9 +143,9 @@ std::optional<HttpUrl> parse_http_url(std::string_view url) {
   return result;
 }
 
-asio::awaitable<ProbeResult> probe_http(HttpUrl url, Duration timeout) {
+asio::awaitable<HttpAnswer> http_get(HttpUrl url, Duration timeout, std::size_t body_limit) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
-  const ProbeResult timed_out{false, "timed out after " + describe_timeout(timeout)};
+  const HttpAnswer timed_out{false, 0, {}, "timed out after " + describe_timeout(timeout)};
   auto ex = co_await asio::this_coro::executor;
 
   std::vector<tcp::endpoint> endpoints;
@@ -164,7 +172,7 @@ asio::awaitable<ProbeResult> probe_http(HttpUrl url, Duration timeout) {
       co_return timed_out;
     }
     if (lookup->ec)
-      co_return ProbeResult{false, "cannot resolve " + url.host + ": " + lookup->ec.message()};
+      co_return HttpAnswer{false, 0, {}, "cannot resolve " + url.host + ": " + lookup->ec.message()};
     for (const auto& entry : lookup->results) endpoints.push_back(entry.endpoint());
   }
 
@@ -186,21 +194,31 @@ asio::awaitable<ProbeResult> probe_http(HttpUrl url, Duration timeout) {
   }
   if (!ec) {
     beast::flat_buffer buffer;
-    parser.body_limit(kBodyLimit);
+    parser.body_limit(static_cast<std::uint64_t>(body_limit));
     auto read = http::async_read(stream, buffer, parser, kNoThrow);
     auto [read_ec, bytes] = co_await std::move(read);
     ec = read_ec;
-    // An oversized body still carries a status line worth reporting.
-    if (ec == http::error::body_limit && parser.is_header_done()) ec = {};
   }
   error_code ignored;
   stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
 
+  if (ec == http::error::body_limit && parser.is_header_done())
+    co_return HttpAnswer{false, parser.get().result_int(), {},
+                         "answer larger than " + describe_size(body_limit)};
   if (ec == beast::error::timeout) co_return timed_out;
-  if (ec == asio::error::connection_refused) co_return ProbeResult{false, "connection refused"};
-  if (ec) co_return ProbeResult{false, ec.message()};
+  if (ec == asio::error::connection_refused) co_return HttpAnswer{false, 0, {}, "connection refused"};
+  if (ec) co_return HttpAnswer{false, 0, {}, ec.message()};
   unsigned status = parser.get().result_int();
-  co_return ProbeResult{status >= 200 && status <= 299, "HTTP " + std::to_string(status)};
+  co_return HttpAnswer{true, status, parser.release().body(), "HTTP " + std::to_string(status)};
+}
+
+asio::awaitable<ProbeResult> probe_http(HttpUrl url, Duration timeout) {
+  auto get = http_get(std::move(url), timeout, kProbeBodyLimit);
+  HttpAnswer answer = co_await std::move(get);
+  // An oversized body still carries a status worth reporting.
+  if (answer.status == 0) co_return ProbeResult{false, std::move(answer.reason)};
+  co_return ProbeResult{answer.status >= 200 && answer.status <= 299,
+                        "HTTP " + std::to_string(answer.status)};
 }
 
 }  // namespace sentinel

@@ -6,6 +6,7 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -23,6 +24,22 @@ struct HttpUrl {
 /// Parses a plain-HTTP URL; nullopt for https, a missing host, a bad port or anything else.
 std::optional<HttpUrl> parse_http_url(std::string_view url);
 
+/// What one HTTP GET brought back.
+struct HttpAnswer {
+  bool ok = false;      // a full HTTP response arrived (any status), its body within the limit
+  unsigned status = 0;  // the status when `ok`, and also when only the body was too large; else 0
+  std::string body;     // the whole body when `ok`; empty otherwise
+  std::string reason;   // "HTTP 200", "connection refused", "timed out after 2s",
+                        // "answer larger than 64 KiB", "cannot resolve host: ..."
+};
+
+/// GETs `url` over one fresh connection (Connection: close) and reads the whole answer.
+/// The whole exchange (resolve, connect, write, read) ends within `timeout`. A body longer
+/// than `body_limit` bytes is never truncated: the answer is then not `ok` (status kept,
+/// body empty). Never throws for network failures; they come back as not `ok` with a reason.
+/// `url` is taken by value so the coroutine owns it.
+boost::asio::awaitable<HttpAnswer> http_get(HttpUrl url, Duration timeout, std::size_t body_limit);
+
 /// What one probe found: healthy or not, and why in a few words ("HTTP 200",
 /// "HTTP 503", "connection refused", "timed out after 2s").
 struct ProbeResult {
@@ -30,10 +47,10 @@ struct ProbeResult {
   std::string reason;
 };
 
-/// GETs `url` over one fresh connection (Connection: close) and calls a 2xx answer healthy.
-/// The whole probe (resolve, connect, write, read) ends within `timeout`; `url` is taken by
-/// value so the coroutine owns it. Never throws for
-/// network failures; they come back as unhealthy with a reason.
+/// GETs `url` with `http_get` and calls a 2xx answer healthy; a body over 64 KiB is not read
+/// but its status still counts. The whole probe ends within `timeout`; `url` is taken by
+/// value so the coroutine owns it. Never throws for network failures; they come back as
+/// unhealthy with a reason.
 boost::asio::awaitable<ProbeResult> probe_http(HttpUrl url, Duration timeout);
 
 }  // namespace sentinel

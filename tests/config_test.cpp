@@ -293,7 +293,7 @@ TEST_CASE("unknown keys are rejected in every table") {
   SUBCASE("target") {
     CHECK(error_in(kMinimalTarget + "verbose = true\n") ==
           "/etc/ds.toml:7:1: target[1].verbose: unknown key (valid keys here: name, marker_dir, "
-          "checkout, restart, build, health, idle)");
+          "checkout, restart, build, health, idle, cycle, monitor)");
   }
   SUBCASE("restart") {
     CHECK(error_in(R"(
@@ -443,8 +443,8 @@ health = { url = "http://localhost/" }
 [target.restart]
 timeout = "1s"
 )") == "/etc/ds.toml:7:1: target[1].restart.command: required key missing");
-  CHECK(error_in(kMinimalTarget + R"(idle = { quiet = "1s" })") ==
-        "/etc/ds.toml:7:8: target[1].idle.command: required key missing");
+  CHECK(error_in(kMinimalTarget + R"(idle = { quiet = "1s" })").starts_with(
+      "/etc/ds.toml:7:8: target[1].idle: needs at least one idle source: command = "));
 }
 
 TEST_CASE("a file without targets is told to add one") {
@@ -665,4 +665,88 @@ TEST_CASE("a missing or unreadable config file is a config error naming the file
 }
 
 }  // namespace
+TEST_CASE("the idle gate can combine a command, an HTTP status page and a lease") {
+  const Config config = parse(kMinimalTarget + R"(
+[target.idle]
+command = ["agent-idle"]
+lease_file = "leases/prod.lease"
+quiet = "2m"
+max_wait = "3h"
+on_max_wait = "deploy"
+
+[target.idle.http]
+url = "http://127.0.0.1:6001/status/data"
+pointer = "/data/activeSessions"
+match = { field = "agent", equals = "leopard" }
+)");
+  const IdleConfig& idle = *config.targets.at(0).idle;
+  CHECK(idle.command == std::vector<std::string>{"agent-idle"});
+  CHECK(idle.lease_file == "/etc/leases/prod.lease");
+  CHECK(idle.quiet == 2min);
+  REQUIRE(idle.max_wait);
+  CHECK(*idle.max_wait == 3h);
+  CHECK(idle.on_max_wait == OnMaxWait::deploy);
+  REQUIRE(idle.http);
+  CHECK(idle.http->url == "http://127.0.0.1:6001/status/data");
+  CHECK(idle.http->pointer == "/data/activeSessions");
+  CHECK(idle.http->match_field == "agent");
+  CHECK(idle.http->match_equals == "leopard");
+}
+
+TEST_CASE("an idle gate of a lease alone needs no command, and waits as long as it takes by default") {
+  const Config config = parse(kMinimalTarget + R"(idle = { lease_file = "/run/agent/prod.lease" })");
+  const IdleConfig& idle = *config.targets.at(0).idle;
+  CHECK(idle.command.empty());
+  CHECK_FALSE(idle.http);
+  CHECK_FALSE(idle.max_wait);
+  CHECK(idle.on_max_wait == OnMaxWait::keep_waiting);
+}
+
+TEST_CASE("bad idle sources are named with the fix") {
+  CHECK(error_in(kMinimalTarget + R"(idle = { http = { url = "https://x/status" } })") ==
+        "/etc/ds.toml:7:25: target[1].idle.http.url: HTTPS is not supported; probe the service's plain-HTTP port, "
+        R"(like "http://127.0.0.1:8080/health")");
+  CHECK(error_in(kMinimalTarget + R"(idle = { http = { url = "http://x/s", pointer = "data" } })") ==
+        "/etc/ds.toml:7:49: target[1].idle.http.pointer: expected a JSON pointer like \"/data/activeSessions\" "
+        "(RFC 6901), got \"data\"");
+  CHECK(error_in(kMinimalTarget + R"(idle = { http = { url = "http://x/s", match = { field = "agent" } } })") ==
+        "/etc/ds.toml:7:47: target[1].idle.http.match.equals: required key missing");
+  CHECK(error_in(kMinimalTarget + R"(idle = { lease_file = "/run/x/", quiet = "1s" })") ==
+        "/etc/ds.toml:7:23: target[1].idle.lease_file: expected a file path, like \"/run/botical/cycle.lease\", got "
+        "\"/run/x/\"");
+  CHECK(error_in(kMinimalTarget + R"(idle = { command = ["x"], on_max_wait = "deploy" })") ==
+        "/etc/ds.toml:7:41: target[1].idle.on_max_wait: only means something with max_wait, like max_wait = \"2h\"");
+  CHECK(error_in(kMinimalTarget + R"(idle = { command = ["x"], max_wait = "1h", on_max_wait = "go" })") ==
+        "/etc/ds.toml:7:58: target[1].idle.on_max_wait: expected \"keep-waiting\" or \"deploy\", got \"go\"");
+}
+
+TEST_CASE("a cycle needs a command and an interval; jitter, timeout and after_recovery have defaults") {
+  const Config config = parse(kMinimalTarget + R"(
+[target.cycle]
+command = ["curl", "-fsS", "-X", "POST", "-H", "@/etc/deploy-sentinel/agent.header", "http://127.0.0.1:6001/cycle"]
+every = "2h"
+)");
+  const CycleConfig& cycle = *config.targets.at(0).cycle;
+  CHECK(cycle.command.argv.size() == 7);
+  CHECK(cycle.every == 2h);
+  CHECK(cycle.jitter == 0s);
+  CHECK(cycle.after_recovery);
+  CHECK(cycle.command.timeout == 60s);
+  CHECK(error_in(kMinimalTarget + R"(cycle = { command = ["x"] })") ==
+        R"(/etc/ds.toml:7:9: target[1].cycle.every: required key missing; how often a cycle starts, like "2h")");
+  CHECK(error_in(kMinimalTarget + R"(cycle = { command = ["x"], every = "1h", after_recovery = "yes" })") ==
+        "/etc/ds.toml:7:59: target[1].cycle.after_recovery: expected true or false, got a string");
+}
+
+TEST_CASE("a monitor has defaults for everything, and refuses counts below one") {
+  const Config config = parse(kMinimalTarget + "monitor = {}\n");
+  const MonitorConfig& monitor = *config.targets.at(0).monitor;
+  CHECK(monitor.interval == 30s);
+  CHECK(monitor.failures == 3);
+  CHECK(monitor.max_recoveries == 3);
+  CHECK(monitor.window == 1h);
+  CHECK(error_in(kMinimalTarget + "monitor = { failures = 0 }\n") ==
+        "/etc/ds.toml:7:24: target[1].monitor.failures: must be at least 1, got 0");
+}
+
 }  // namespace sentinel

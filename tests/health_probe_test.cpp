@@ -1,8 +1,14 @@
 #include "health_probe.h"
 
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/buffer.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
+#include <boost/asio/write.hpp>
 #include <doctest/doctest.h>
 
 #include <arpa/inet.h>
@@ -15,6 +21,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -303,4 +310,167 @@ TEST_CASE("a host name that does not resolve is not healthy and names the host")
   CHECK_FALSE(result.healthy);
   bool named = result.reason.starts_with("cannot resolve nonexistent.invalid: ");
   CHECK_MESSAGE((named || result.reason == "timed out after 2s"), result.reason);
+}
+
+// http_get against a real server on 127.0.0.1 that answers with canned bytes.
+namespace {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+using sentinel::HttpAnswer;
+
+enum class Then { close, stall };
+
+/// Answers the first connection to `acceptor` with `response` once the request head has
+/// arrived, keeps that head in `request`, then closes its side (or, with `Then::stall`, says
+/// nothing more) and waits until the client has closed.
+asio::awaitable<void> answer_once(tcp::acceptor& acceptor, std::string response,
+                                  std::string& request, Then then) {
+  constexpr auto no_throw = asio::as_tuple(asio::use_awaitable);
+  auto accept = acceptor.async_accept(no_throw);
+  auto [accept_ec, socket] = co_await std::move(accept);
+  if (accept_ec) co_return;
+  auto read = asio::async_read_until(socket, asio::dynamic_buffer(request), "\r\n\r\n", no_throw);
+  auto [read_ec, head] = co_await std::move(read);
+  if (read_ec) co_return;
+  auto write = asio::async_write(socket, asio::buffer(response), no_throw);
+  co_await std::move(write);  // the client may hang up early on purpose (body limit)
+  boost::system::error_code ignored;
+  if (then == Then::close) socket.shutdown(tcp::socket::shutdown_send, ignored);
+  char byte = 0;
+  auto drain = socket.async_read_some(asio::buffer(&byte, 1), no_throw);
+  co_await std::move(drain);
+}
+
+template <class T>
+struct Served {
+  T result;
+  std::string request;  // the request head the server saw
+};
+
+/// Runs `client("http://127.0.0.1:PORT")` next to a server on that port that answers one
+/// connection with `response`; both run to the end on one io_context.
+template <class Client>
+auto served(std::string response, Client client, Then then = Then::close) {
+  asio::io_context ctx;
+  tcp::acceptor acceptor(ctx, tcp::endpoint(asio::ip::make_address_v4("127.0.0.1"), 0));
+  std::string request;
+  asio::co_spawn(ctx, answer_once(acceptor, std::move(response), request, then),
+                 [](std::exception_ptr e) {
+                   if (e) std::rethrow_exception(e);
+                 });
+  auto fut = asio::co_spawn(
+      ctx, client("http://127.0.0.1:" + std::to_string(acceptor.local_endpoint().port())),
+      asio::use_future);
+  ctx.run();
+  return Served<decltype(fut.get())>{fut.get(), request};
+}
+
+/// An HTTP/1.1 answer with a Content-Length body.
+std::string canned(unsigned status, const std::string& body) {
+  return "HTTP/1.1 " + std::to_string(status) + (status == 200 ? " OK" : " Not OK") +
+         "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+         "\r\nConnection: close\r\n\r\n" + body;
+}
+
+/// A client that GETs `path` with `limit`.
+auto getter(std::string path, std::size_t limit, sentinel::Duration timeout = 2s) {
+  return [path, limit, timeout](std::string base) {
+    auto url = parse_http_url(base + path);
+    REQUIRE(url);
+    return sentinel::http_get(*url, timeout, limit);
+  };
+}
+
+}  // namespace
+
+TEST_CASE("http_get returns the status and the whole body of an answer") {
+  auto served_answer = served(canned(200, R"({"data":{"activeSessions":[]}})"), getter("/status/data", 1024));
+  const HttpAnswer& answer = served_answer.result;
+  CHECK(answer.ok);
+  CHECK(answer.status == 200);
+  CHECK(answer.body == R"({"data":{"activeSessions":[]}})");
+  CHECK(answer.reason == "HTTP 200");
+}
+
+TEST_CASE("http_get sends one GET for the URL's target with a Host header and Connection: close") {
+  auto got = served(canned(200, "{}"), getter("/status/data?verbose=1", 1024));
+  CHECK(got.result.ok);
+  const std::string& request = got.request;
+  CHECK(request.starts_with("GET /status/data?verbose=1 HTTP/1.1\r\n"));
+  CHECK(request.find("\r\nHost: 127.0.0.1:") != std::string::npos);
+  CHECK(request.find("\r\nConnection: close\r\n") != std::string::npos);
+}
+
+TEST_CASE("a non-2xx answer is still a full answer with its status and body") {
+  auto answer = served(canned(503, "down for maintenance"), getter("/", 1024)).result;
+  CHECK(answer.ok);
+  CHECK(answer.status == 503);
+  CHECK(answer.body == "down for maintenance");
+  CHECK(answer.reason == "HTTP 503");
+}
+
+TEST_CASE("a chunked answer is read to its end") {
+  std::string response =
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+  auto answer = served(response, getter("/", 1024)).result;
+  CHECK(answer.ok);
+  CHECK(answer.body == "hello world");
+}
+
+TEST_CASE("an answer of exactly the body limit is read whole") {
+  auto answer = served(canned(200, std::string(1024, 'x')), getter("/", 1024)).result;
+  CHECK(answer.ok);
+  CHECK(answer.body.size() == 1024);
+}
+
+TEST_CASE("an answer one byte over the body limit is an error that keeps the status, not a cut body") {
+  auto answer = served(canned(200, std::string(1025, 'x')), getter("/", 1024)).result;
+  CHECK_FALSE(answer.ok);
+  CHECK(answer.status == 200);
+  CHECK(answer.body.empty());
+  CHECK(answer.reason == "answer larger than 1 KiB");
+}
+
+TEST_CASE("a chunked answer that grows past the body limit is an error too") {
+  std::string chunk(600, 'x');
+  std::string response = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n" + chunk +
+                         "\r\n258\r\n" + chunk + "\r\n0\r\n\r\n";  // 0x258 = 600
+  auto answer = served(response, getter("/", 1000)).result;
+  CHECK_FALSE(answer.ok);
+  CHECK(answer.body.empty());
+  CHECK(answer.reason == "answer larger than 1000 bytes");
+}
+
+TEST_CASE("an answer that stops halfway times out without a status") {
+  const auto start = Clock::now();
+  auto answer = served("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc", getter("/", 1024, 300ms),
+                       Then::stall)
+                    .result;
+  CHECK_FALSE(answer.ok);
+  CHECK(answer.status == 0);
+  CHECK(answer.reason == "timed out after 300ms");
+  CHECK(Clock::now() - start < 1s);
+}
+
+TEST_CASE("http_get to a port where nothing listens is connection refused") {
+  auto url = parse_http_url("http://127.0.0.1:" + std::to_string(free_port()) + "/");
+  REQUIRE(url);
+  asio::io_context ctx;
+  auto fut = asio::co_spawn(ctx, sentinel::http_get(*url, 2s, 1024), asio::use_future);
+  ctx.run();
+  HttpAnswer answer = fut.get();
+  CHECK_FALSE(answer.ok);
+  CHECK(answer.status == 0);
+  CHECK(answer.reason == "connection refused");
+}
+
+TEST_CASE("the health probe judges an answer over 64 KiB by its status") {
+  auto probe_of = [](std::string base) { return sentinel::probe_http(*parse_http_url(base + "/health"), 2s); };
+  auto healthy = served(canned(200, std::string(100 * 1024, 'x')), probe_of).result;
+  CHECK(healthy.healthy);
+  CHECK(healthy.reason == "HTTP 200");
+  auto unhealthy = served(canned(503, std::string(100 * 1024, 'x')), probe_of).result;
+  CHECK_FALSE(unhealthy.healthy);
+  CHECK(unhealthy.reason == "HTTP 503");
 }

@@ -1,7 +1,23 @@
-// The "idle continuously for quiet" rule, on a fake clock.
+// The "idle continuously for quiet" rule on a fake clock; reading the idle URL's answer;
+// and the idle URL asked for real, of a server on 127.0.0.1.
 #include "idle_gate.h"
 
+#include "config.h"
+#include "health_probe.h"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/buffer.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
+#include <boost/asio/write.hpp>
 #include <doctest/doctest.h>
+
+#include <exception>
+#include <string>
 
 using namespace sentinel;
 using namespace std::chrono_literals;
@@ -48,4 +64,296 @@ TEST_CASE("the idle command's exit status maps to idle, busy, or unknown") {
   CHECK(odd.state == State::unknown);
   CHECK(odd.reason == "idle command exited with status 2 (treated as busy)");
   CHECK(idle_answer_from_exit(false, 9, "killed by SIGKILL").state == State::unknown);
+}
+
+// ---- reading the idle URL's answer (pure) ----
+
+namespace {
+
+const std::string kUrl = "http://127.0.0.1:8080/status/data";
+
+/// The botical service's idle source: busy while a session of agent "leopard" is active.
+IdleHttpConfig botical() { return {kUrl, "/data/activeSessions", "agent", "leopard"}; }
+
+HttpAnswer ok_json(const std::string& body) { return {true, 200, body, "HTTP 200"}; }
+
+IdleAnswer read_answer(const std::string& body, const IdleHttpConfig& config = botical()) {
+  return idle_answer_from_http(ok_json(body), config);
+}
+
+}  // namespace
+
+TEST_CASE("an active session of the matching agent makes the agent busy and says where it was seen") {
+  auto answer = read_answer(
+      R"({"data":{"activeSessions":[{"agent":"leopard","id":"s1","startedAt":"2024-05-01T10:00:00Z"}]}})");
+  CHECK(answer.state == State::busy);
+  CHECK(answer.reason == "1 active session of agent=leopard (" + kUrl + ")");
+}
+
+TEST_CASE("several matching sessions are counted") {
+  auto answer = read_answer(
+      R"({"data":{"activeSessions":[{"agent":"leopard"},{"agent":"tiger"},{"agent":"leopard"}]}})");
+  CHECK(answer.state == State::busy);
+  CHECK(answer.reason == "2 active sessions of agent=leopard (" + kUrl + ")");
+}
+
+TEST_CASE("sessions of other agents only leave the agent idle") {
+  auto answer = read_answer(R"({"data":{"activeSessions":[{"agent":"tiger"},{"name":"leopard"}]}})");
+  CHECK(answer.state == State::idle);
+  CHECK(answer.reason == "no active session matches agent=leopard at /data/activeSessions");
+}
+
+TEST_CASE("an empty session list means idle") {
+  auto answer = read_answer(R"({"data":{"activeSessions":[]}})");
+  CHECK(answer.state == State::idle);
+  CHECK(answer.reason == "no active session matches agent=leopard at /data/activeSessions");
+}
+
+TEST_CASE("elements that are not objects, or whose member is null or an object, never match") {
+  auto answer = read_answer(
+      R"({"data":{"activeSessions":["leopard",null,["leopard"],{"agent":null},{"agent":{"name":"leopard"}}]}})");
+  CHECK(answer.state == State::idle);
+}
+
+TEST_CASE("a number or boolean member is compared by its JSON text") {
+  IdleHttpConfig by_pid{kUrl, "/sessions", "pid", "42"};
+  CHECK(read_answer(R"({"sessions":[{"pid":42}]})", by_pid).state == State::busy);
+  CHECK(read_answer(R"({"sessions":[{"pid":"42"}]})", by_pid).state == State::busy);
+  CHECK(read_answer(R"({"sessions":[{"pid":420}]})", by_pid).state == State::idle);
+  IdleHttpConfig by_flag{kUrl, "/sessions", "running", "true"};
+  CHECK(read_answer(R"({"sessions":[{"running":true}]})", by_flag).state == State::busy);
+  CHECK(read_answer(R"({"sessions":[{"running":false}]})", by_flag).state == State::idle);
+}
+
+TEST_CASE("with no match field any element of the array means busy") {
+  IdleHttpConfig any_session{kUrl, "/data/activeSessions", "", ""};
+  auto busy = read_answer(R"({"data":{"activeSessions":[1,"x"]}})", any_session);
+  CHECK(busy.state == State::busy);
+  CHECK(busy.reason == "2 active sessions at /data/activeSessions (" + kUrl + ")");
+  auto idle = read_answer(R"({"data":{"activeSessions":[]}})", any_session);
+  CHECK(idle.state == State::idle);
+  CHECK(idle.reason == "no active session at /data/activeSessions");
+}
+
+TEST_CASE("the empty pointer makes the whole answer the array") {
+  IdleHttpConfig whole{kUrl, "", "agent", "leopard"};
+  CHECK(read_answer(R"([{"agent":"leopard"}])", whole).state == State::busy);
+  auto idle = read_answer(R"([])", whole);
+  CHECK(idle.state == State::idle);
+  CHECK(idle.reason == "no active session matches agent=leopard in the answer");
+  auto object = read_answer(R"({"activeSessions":[]})", whole);
+  CHECK(object.state == State::unknown);
+  CHECK(object.reason == "idle URL " + kUrl + ": the answer is an object, not an array (treated as busy)");
+}
+
+TEST_CASE("a pointer follows RFC 6901 escapes and array indexes") {
+  IdleHttpConfig escaped{kUrl, "/a~1b/m~0n/1", "agent", "leopard"};
+  CHECK(read_answer(R"({"a/b":{"m~n":[[],[{"agent":"leopard"}]]}})", escaped).state == State::busy);
+}
+
+TEST_CASE("a pointer that leads nowhere is unknown and names what is missing") {
+  const std::string missing =
+      "idle URL " + kUrl + ": no /data/activeSessions in the answer (treated as busy)";
+  for (const char* body : {R"({"data":{}})", R"({})", R"({"data":"down"})", R"({"data":[1,2]})",
+                           R"([])"}) {
+    CAPTURE(body);
+    auto answer = read_answer(body);
+    CHECK(answer.state == State::unknown);
+    CHECK(answer.reason == missing);
+  }
+}
+
+TEST_CASE("something other than an array at the pointer is unknown and says what it is") {
+  auto object = read_answer(R"({"data":{"activeSessions":{"agent":"leopard"}}})");
+  CHECK(object.state == State::unknown);
+  CHECK(object.reason ==
+        "idle URL " + kUrl + ": /data/activeSessions is an object, not an array (treated as busy)");
+  CHECK(read_answer(R"({"data":{"activeSessions":null}})").reason ==
+        "idle URL " + kUrl + ": /data/activeSessions is null, not an array (treated as busy)");
+  CHECK(read_answer(R"({"data":{"activeSessions":3}})").reason ==
+        "idle URL " + kUrl + ": /data/activeSessions is a number, not an array (treated as busy)");
+}
+
+TEST_CASE("a pointer that is not a JSON pointer is unknown and says so") {
+  IdleHttpConfig no_slash{kUrl, "data/activeSessions", "agent", "leopard"};
+  auto answer = read_answer(R"({"data":{"activeSessions":[]}})", no_slash);
+  CHECK(answer.state == State::unknown);
+  CHECK(answer.reason.starts_with("idle URL " + kUrl +
+                                  ": pointer \"data/activeSessions\" is not a JSON pointer ("));
+  IdleHttpConfig bad_escape{kUrl, "/data~2", "agent", "leopard"};
+  CHECK(read_answer(R"({"data~2":[]})", bad_escape).state == State::unknown);
+}
+
+TEST_CASE("an answer that is not JSON is unknown and shows how it begins") {
+  auto html = read_answer("<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>");
+  CHECK(html.state == State::unknown);
+  CHECK(html.reason.starts_with("idle URL " + kUrl + ": not JSON ("));
+  CHECK(html.reason.ends_with(
+      R"(), the answer begins "<html><head><title>502 Bad Gatew..." (treated as busy))"));
+  auto cut = read_answer(R"({"data":{"activeSessions":[)");
+  CHECK(cut.state == State::unknown);
+  CHECK(cut.reason.find("not JSON") != std::string::npos);
+  auto empty = read_answer("");
+  CHECK(empty.state == State::unknown);
+  CHECK(empty.reason == "idle URL " + kUrl + ": empty answer, not JSON (treated as busy)");
+}
+
+TEST_CASE("a non-2xx answer is unknown whatever its body says") {
+  auto answer = idle_answer_from_http({true, 503, R"({"data":{"activeSessions":[]}})", "HTTP 503"}, botical());
+  CHECK(answer.state == State::unknown);
+  CHECK(answer.reason == "idle URL " + kUrl + " answered HTTP 503 (treated as busy)");
+  CHECK(idle_answer_from_http({true, 302, "", "HTTP 302"}, botical()).state == State::unknown);
+}
+
+TEST_CASE("a failed request is unknown and keeps its reason") {
+  auto refused = idle_answer_from_http({false, 0, "", "connection refused"}, botical());
+  CHECK(refused.state == State::unknown);
+  CHECK(refused.reason == "idle URL " + kUrl + ": connection refused (treated as busy)");
+  auto too_big = idle_answer_from_http({false, 200, "", "answer larger than 1 MiB"}, botical());
+  CHECK(too_big.state == State::unknown);
+  CHECK(too_big.reason == "idle URL " + kUrl + ": answer larger than 1 MiB (treated as busy)");
+}
+
+// ---- every source together ----
+
+TEST_CASE("no idle source at all means idle") {
+  auto answer = combine_idle({});
+  CHECK(answer.state == State::idle);
+  CHECK(answer.reason == "no idle source configured");
+}
+
+TEST_CASE("every source idle means idle, with every reason") {
+  auto answer = combine_idle({{State::idle, "idle command says idle"}, {State::idle, "no session"}});
+  CHECK(answer.state == State::idle);
+  CHECK(answer.reason == "idle command says idle; no session");
+}
+
+TEST_CASE("one busy source makes the agent busy, with only the busy reasons") {
+  auto answer = combine_idle({{State::idle, "I"}, {State::busy, "B1"}, {State::unknown, "U"},
+                              {State::busy, "B2"}});
+  CHECK(answer.state == State::busy);
+  CHECK(answer.reason == "B1; B2");
+}
+
+TEST_CASE("an unknown source without a busy one makes the agent unknown, never idle") {
+  auto answer = combine_idle({{State::idle, "I"}, {State::unknown, "U1"}, {State::unknown, "U2"}});
+  CHECK(answer.state == State::unknown);
+  CHECK(answer.reason == "U1; U2");
+}
+
+// ---- the idle URL asked for real ----
+
+namespace {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+
+/// Answers the first connection to `acceptor` with `response` once the request head has
+/// arrived, keeps that head in `request`, closes its side and waits until the client has closed.
+asio::awaitable<void> answer_once(tcp::acceptor& acceptor, std::string response, std::string& request) {
+  constexpr auto no_throw = asio::as_tuple(asio::use_awaitable);
+  auto accept = acceptor.async_accept(no_throw);
+  auto [accept_ec, socket] = co_await std::move(accept);
+  if (accept_ec) co_return;
+  auto read = asio::async_read_until(socket, asio::dynamic_buffer(request), "\r\n\r\n", no_throw);
+  auto [read_ec, head] = co_await std::move(read);
+  if (read_ec) co_return;
+  auto write = asio::async_write(socket, asio::buffer(response), no_throw);
+  co_await std::move(write);  // the client hangs up early on an answer over the limit
+  boost::system::error_code ignored;
+  socket.shutdown(tcp::socket::shutdown_send, ignored);
+  char byte = 0;
+  auto drain = socket.async_read_some(asio::buffer(&byte, 1), no_throw);
+  co_await std::move(drain);
+}
+
+struct Checked {
+  IdleAnswer answer;
+  std::string url;      // the idle URL asked
+  std::string request;  // the request head the server saw
+};
+
+/// Runs check_idle_http for `path` on 127.0.0.1 against a server there that answers 200 with
+/// `body`; both run to the end on one io_context.
+Checked check_served(const std::string& body, const std::string& path = "/status/data") {
+  asio::io_context ctx;
+  tcp::acceptor acceptor(ctx, tcp::endpoint(asio::ip::make_address_v4("127.0.0.1"), 0));
+  std::string response = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " +
+                         std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
+  Checked checked;
+  asio::co_spawn(ctx, answer_once(acceptor, std::move(response), checked.request),
+                 [](std::exception_ptr e) {
+                   if (e) std::rethrow_exception(e);
+                 });
+  checked.url = "http://127.0.0.1:" + std::to_string(acceptor.local_endpoint().port()) + path;
+  IdleHttpConfig config = botical();
+  config.url = checked.url;
+  auto fut = asio::co_spawn(ctx, check_idle_http(config, 2s), asio::use_future);
+  ctx.run();
+  checked.answer = fut.get();
+  return checked;
+}
+
+IdleAnswer check_unserved(const std::string& url) {
+  asio::io_context ctx;
+  IdleHttpConfig config = botical();
+  config.url = url;
+  auto fut = asio::co_spawn(ctx, check_idle_http(config, 2s), asio::use_future);
+  ctx.run();
+  return fut.get();
+}
+
+/// `{"data":{"activeSessions":[...]},"pad":"xxx..."}` of exactly `size` bytes.
+std::string padded_answer(const std::string& sessions, std::size_t size) {
+  std::string head = R"({"data":{"activeSessions":[)" + sessions + R"(]},"pad":")", tail = "\"}";
+  REQUIRE(size >= head.size() + tail.size());
+  return head + std::string(size - head.size() - tail.size(), 'x') + tail;
+}
+
+}  // namespace
+
+TEST_CASE("the idle URL is asked with a GET and a matching session there means busy") {
+  auto checked = check_served(R"({"data":{"activeSessions":[{"agent":"leopard","id":"s1"}]}})");
+  CHECK(checked.request.starts_with("GET /status/data HTTP/1.1\r\n"));
+  CHECK(checked.answer.state == State::busy);
+  CHECK(checked.answer.reason == "1 active session of agent=leopard (" + checked.url + ")");
+}
+
+TEST_CASE("the idle URL listing no session means idle") {
+  auto checked = check_served(R"({"data":{"activeSessions":[]}})");
+  CHECK(checked.answer.state == State::idle);
+  CHECK(checked.answer.reason == "no active session matches agent=leopard at /data/activeSessions");
+}
+
+TEST_CASE("an idle answer of exactly 1 MiB is read and judged") {
+  auto checked = check_served(padded_answer(R"({"agent":"leopard"})", kIdleHttpBodyLimit));
+  CHECK(kIdleHttpBodyLimit == 1024 * 1024);
+  CHECK(checked.answer.state == State::busy);
+}
+
+TEST_CASE("an idle answer over 1 MiB is unknown, not cut short and judged") {
+  auto checked = check_served(padded_answer("", kIdleHttpBodyLimit + 1));
+  CHECK(checked.answer.state == State::unknown);
+  CHECK(checked.answer.reason ==
+        "idle URL " + checked.url + ": answer larger than 1 MiB (treated as busy)");
+}
+
+TEST_CASE("an idle URL where nothing listens is unknown: connection refused") {
+  std::uint16_t port = 0;
+  {
+    asio::io_context ctx;
+    tcp::acceptor probe(ctx, tcp::endpoint(asio::ip::make_address_v4("127.0.0.1"), 0));
+    port = probe.local_endpoint().port();
+  }  // closed: nobody listens there now
+  const std::string url = "http://127.0.0.1:" + std::to_string(port) + "/status/data";
+  auto answer = check_unserved(url);
+  CHECK(answer.state == State::unknown);
+  CHECK(answer.reason == "idle URL " + url + ": connection refused (treated as busy)");
+}
+
+TEST_CASE("an idle URL that is not plain http is unknown and says so") {
+  auto answer = check_unserved("https://botical.example/status/data");
+  CHECK(answer.state == State::unknown);
+  CHECK(answer.reason ==
+        "idle URL https://botical.example/status/data is not a plain http:// URL (treated as busy)");
 }
