@@ -3,6 +3,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "git.h"
+#include "lease.h"
 #include "log.h"
 #include "marker.h"
 #include "state_store.h"
@@ -15,7 +16,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <iostream>
 
 namespace sentinel {
@@ -25,6 +28,7 @@ namespace json = boost::json;
 namespace {
 
 constexpr int kExitUsage = 64;
+constexpr int kExitTempFail = 75;  // EX_TEMPFAIL: `hold` refused for now, try again
 constexpr const char* kDefaultConfig = "/etc/deploy-sentinel.toml";
 
 /// "leopard@host" for the marker's staged_by.
@@ -146,6 +150,98 @@ int status(const std::string& config_path, bool as_json) {
   return 0;
 }
 
+/// The lease file of `target`, or a StartupError (exit 78) naming the config file and the key to add.
+fs::path lease_file_of(const Config& config, const TargetConfig& target) {
+  if (target.idle && !target.idle->lease_file.empty()) return target.idle->lease_file;
+  throw StartupError(config.source.string() + ": target \"" + target.name +
+                         "\" has no lease file: add lease_file = \"/run/deploy-sentinel/" + target.name +
+                         ".lease\" (a directory the agent can write) to its [target.idle] table",
+                     ConfigError::kExitCode);
+}
+
+/// Writes the lease; the caller holds the LeaseLock and has checked that no restart is under way.
+int grant(const TargetConfig& target, const fs::path& lease_file, Lease lease, Duration length) {
+  const auto now = std::chrono::system_clock::now();
+  lease.held_at = format_utc(now);
+  lease.expires_at = std::chrono::ceil<std::chrono::seconds>(now + length);  // at least `length`
+  const LeaseView old = read_lease(lease_file, now);
+  const bool same_holder = old.lease.pid && lease.pid && *old.lease.pid == *lease.pid &&
+                           old.lease.pid_start == lease.pid_start;
+  if (old.state == LeaseState::held && !same_holder) {
+    std::cerr << "deploy-sentinel: replacing the " << old.describe
+              << (old.lease.held_by.empty() ? "" : " (held by " + old.lease.held_by + ")") << "\n";
+  }
+  if (std::error_code ec = write_lease(lease_file, lease)) {
+    throw StartupError("cannot write the lease " + lease_file.string() + ": " + ec.message() +
+                       " (its directory must be writable by the user running `hold`)");
+  }
+  std::cout << "held " << target.name << " until " << format_utc(lease.expires_at)
+            << (lease.reason.empty() ? "" : ": " + lease.reason) << " (" << lease_file.string() << ")\n";
+  return 0;
+}
+
+int hold(const std::string& config_path, const std::string& target_name, const std::string& for_text,
+         const std::string& reason, std::optional<pid_t> pid, bool wait) {
+  Config config = load_config(config_path);
+  const TargetConfig& target = pick_target(config, target_name);
+  const fs::path lease_file = lease_file_of(config, target);
+  const std::optional<Duration> length = parse_duration(for_text);
+  if (!length || *length <= Duration::zero()) {
+    throw StartupError("--for " + for_text + ": expected a duration like \"40m\" or \"2h\"", kExitUsage);
+  }
+  Lease lease{reason, {}, pid, std::nullopt, who_stages(), {}};
+  if (pid) {
+    lease.pid_start = process_start_time(*pid);
+    if (!lease.pid_start) {
+      throw StartupError("--pid " + std::to_string(*pid) +
+                             ": no such process; give the pid whose end releases the lease (in a shell script, $$)",
+                         kExitUsage);
+    }
+  }
+  StateStore store(config.state_dir);
+  // Watch before the first look, so a change between that look and the wait is not missed.
+  std::optional<StatusWatch> watch;
+  if (wait) {
+    watch.emplace(store, target.name);
+    if (!watch->warning().empty()) std::cerr << "deploy-sentinel: " << watch->warning() << "\n";
+  }
+  std::string told;
+  for (;;) {
+    {
+      // The daemon records "restarting" under this same lock: while we hold it, the phase we
+      // read stays true until the lease is on disk.
+      LeaseLock lock = LeaseLock::acquire(lease_file);
+      const std::optional<std::string> refusal = hold_refusal(store, target.name);
+      if (!refusal) return grant(target, lease_file, lease, *length);
+      if (!wait) {
+        std::cerr << "deploy-sentinel: " << *refusal << ": try again when it is done, or use --wait\n";
+        return kExitTempFail;
+      }
+      if (*refusal != told) std::cerr << "deploy-sentinel: " << *refusal << ": waiting until it is done\n";
+      told = *refusal;
+    }
+    watch->wait(std::chrono::seconds(1));  // the timeout notices a daemon that died mid-restart
+  }
+}
+
+int release(const std::string& config_path, const std::string& target_name) {
+  Config config = load_config(config_path);
+  const TargetConfig& target = pick_target(config, target_name);
+  const fs::path lease_file = lease_file_of(config, target);
+  // No LeaseLock: removing a lease can only let the daemon restart sooner, never at a wrong moment.
+  const LeaseView old = read_lease(lease_file, std::chrono::system_clock::now());
+  if (::unlink(lease_file.c_str()) != 0) {
+    if (errno == ENOENT) {
+      std::cout << "no lease on " << target.name << " to release (" << lease_file.string() << " does not exist)\n";
+      return 0;
+    }
+    throw StartupError("cannot remove the lease " + lease_file.string() + ": " + std::strerror(errno) +
+                       " (remove it by hand; the sentinel treats it as held until then)");
+  }
+  std::cout << "released " << target.name << ": " << old.describe << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int run_cli(int argc, char** argv) {
@@ -160,6 +256,8 @@ int run_cli(int argc, char** argv) {
       "  deploy-sentinel run --config /etc/deploy-sentinel.toml\n"
       "  deploy-sentinel stage --config /etc/deploy-sentinel.toml --message \"faster search\"\n"
       "  deploy-sentinel status --config /etc/deploy-sentinel.toml --json\n"
+      "  deploy-sentinel hold --config /etc/deploy-sentinel.toml --for 40m --reason \"cycle 812\" --pid $$\n"
+      "  deploy-sentinel release --config /etc/deploy-sentinel.toml\n"
       "Files the agent reads in its marker directory: .deploy-reverted (why a deploy was undone),\n"
       ".deploy-rejected (why a marker was refused), .deploy-failed (revert failed; remove to resume).");
 
@@ -190,6 +288,26 @@ int run_cli(int argc, char** argv) {
                        "One JSON object: {\"running\",\"pid\",\"targets\":[{\"name\",\"phase\",\"last_known_good\","
                        "\"last_outcome\",...}]}");
 
+  std::string for_text, reason;
+  pid_t pid = 0;
+  bool wait = false;
+  auto* hold_cmd = app.add_subcommand(
+      "hold", "Hold a lease: the sentinel restarts nothing until it is released, expires or its --pid exits. Exits 0 "
+              "at once; exits 75 while a restart is under way (unless --wait).");
+  hold_cmd->add_option("-c,--config", config_path, "Config file")->capture_default_str();
+  hold_cmd->add_option("-t,--target", target_name, "Target to hold (needed when the config has several)");
+  hold_cmd->add_option("--for", for_text, "How long at most, like \"40m\" or \"2h\"")->required();
+  hold_cmd->add_option("-r,--reason", reason, "Why: shown in the sentinel's log and status");
+  auto* pid_opt =
+      hold_cmd->add_option("--pid", pid, "The process the lease is for: it is released when that process exits")
+          ->check(CLI::PositiveNumber);
+  hold_cmd->add_flag("--wait", wait, "While a restart is under way, wait until it is done instead of exiting 75");
+
+  auto* release_cmd = app.add_subcommand(
+      "release", "Release the lease taken with hold (exits 0 also when there was none).");
+  release_cmd->add_option("-c,--config", config_path, "Config file")->capture_default_str();
+  release_cmd->add_option("-t,--target", target_name, "Target to release (needed when the config has several)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -201,6 +319,11 @@ int run_cli(int argc, char** argv) {
     if (*check) return check_config(check_path);
     if (*stage_cmd) return stage(config_path, target_name, commit, message);
     if (*status_cmd) return status(config_path, as_json);
+    if (*hold_cmd) {
+      return hold(config_path, target_name, for_text, reason,
+                  pid_opt->count() > 0 ? std::optional<pid_t>(pid) : std::nullopt, wait);
+    }
+    if (*release_cmd) return release(config_path, target_name);
     Config config = load_config(config_path);
     setup_logging(config.log_level);
     return run_daemon(config);
