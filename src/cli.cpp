@@ -292,8 +292,9 @@ int run_cli(int argc, char** argv) {
   pid_t pid = 0;
   bool wait = false;
   auto* hold_cmd = app.add_subcommand(
-      "hold", "Hold a lease: the sentinel restarts nothing until it is released, expires or its --pid exits. Exits 0 "
-              "at once; exits 75 while a restart is under way (unless --wait).");
+      "hold", "Hold a lease: the sentinel starts no deploy restart until it is released, expires or its --pid "
+              "exits (a production that is down is still brought back). Exits 0 at once; exits 75 while a "
+              "restart is under way (unless --wait).");
   hold_cmd->add_option("-c,--config", config_path, "Config file")->capture_default_str();
   hold_cmd->add_option("-t,--target", target_name, "Target to hold (needed when the config has several)");
   hold_cmd->add_option("--for", for_text, "How long at most, like \"40m\" or \"2h\"")->required();

@@ -17,6 +17,7 @@
 #include <csignal>
 #include <cstring>
 #include <memory>
+#include <optional>
 
 namespace sentinel {
 namespace asio = boost::asio;
@@ -27,13 +28,33 @@ namespace {
 /// as any of its asynchronous work does.
 struct TargetRuntime {
   TargetRuntime(const TargetConfig& target, const StateStore& store, asio::any_io_executor executor)
-      : actions(target),
+      : actions(target, executor, [this] { machine.poke(); }),
         machine(target, store, actions, executor),
-        watch(executor, target.marker_dir, target.name, [this](std::string_view) { machine.poke(); }) {}
+        watch(executor, target.marker_dir, target.name, [this](std::string_view) { machine.poke(); },
+              lease_names(target, target.marker_dir)) {
+    // A lease outside the marker directory gets a watch of its own.
+    if (target.idle && !target.idle->lease_file.empty() && target.idle->lease_file.parent_path() != target.marker_dir) {
+      const auto& lease = target.idle->lease_file;
+      lease_watch.emplace(executor, lease.parent_path(), target.name + " lease", [this](std::string_view) { machine.poke(); },
+                          lease_names(target, lease.parent_path()));
+    }
+  }
+
+  void start() {
+    watch.start();
+    if (lease_watch) lease_watch->start();
+  }
+
+  /// The lease file's name when it lives in `dir`.
+  static std::vector<std::string> lease_names(const TargetConfig& target, const std::filesystem::path& dir) {
+    if (!target.idle || target.idle->lease_file.empty() || target.idle->lease_file.parent_path() != dir) return {};
+    return {target.idle->lease_file.filename().string()};
+  }
 
   TargetProcesses actions;
   DeployMachine machine;
   MarkerWatch watch;
+  std::optional<MarkerWatch> lease_watch;
 };
 
 }  // namespace
@@ -54,7 +75,7 @@ int run_daemon(const Config& config) {
   std::vector<std::shared_ptr<TargetRuntime>> runtimes;
   for (const auto& target : config.targets) {
     auto runtime = std::make_shared<TargetRuntime>(target, store, ctx.get_executor());
-    runtime->watch.start();  // before the first look at the directory, so nothing slips between
+    runtime->start();  // the watches are set before the first look at the disk, so nothing slips between
     runtimes.push_back(std::move(runtime));
   }
   // Once a stop is asked for, the loop ends when every target has finished: detached readers

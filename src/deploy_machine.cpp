@@ -1,13 +1,17 @@
 #include "deploy_machine.h"
 
+#include "lease.h"
 #include "marker.h"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <fcntl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -53,6 +57,10 @@ bool is_revert_phase(std::string_view phase) {
          phase == "verifying-reverted";
 }
 
+/// True when the idle gate has a source that must be asked again to notice a change (a lease
+/// alone tells by itself).
+bool polled(const IdleConfig& idle) { return !idle.command.empty() || idle.http.has_value(); }
+
 /// True when `file` was written less than `age` ago.
 bool modified_within(const fs::path& file, Duration age) {
   std::error_code ec;
@@ -91,6 +99,55 @@ std::string_view to_string(Phase phase) {
 
 // ---- the real outside world ----------------------------------------------------------------
 
+/// What wakes the deploy machine when a held lease ends without its file changing: its expiry
+/// and, when it names a holder, that process's exit (a pidfd turns readable).
+struct TargetProcesses::LeaseEnd {
+  explicit LeaseEnd(const asio::any_io_executor& ex) : expiry(ex), holder(ex) {}
+  asio::steady_timer expiry;
+  std::chrono::system_clock::time_point expires_at{};
+  asio::posix::stream_descriptor holder;
+  pid_t holder_pid = 0;
+  std::function<void()> wake;
+};
+
+TargetProcesses::TargetProcesses(const TargetConfig& target, asio::any_io_executor executor,
+                                 std::function<void()> on_lease_change)
+    : target_(target), lease_end_(std::make_shared<LeaseEnd>(executor)) {
+  lease_end_->wake = std::move(on_lease_change);
+}
+
+TargetProcesses::~TargetProcesses() {
+  lease_end_->wake = nullptr;
+  boost::system::error_code ignored;
+  lease_end_->expiry.cancel();
+  lease_end_->holder.close(ignored);
+}
+
+void TargetProcesses::watch_lease_end(const LeaseView& view) {
+  auto end = lease_end_;
+  if (view.lease.expires_at != end->expires_at) {
+    end->expires_at = view.lease.expires_at;
+    const auto left = view.lease.expires_at - std::chrono::system_clock::now();
+    end->expiry.expires_after(std::chrono::duration_cast<Clock::duration>(left) + 1ms);
+    end->expiry.async_wait([end](boost::system::error_code ec) {
+      if (!ec && end->wake) end->wake();
+    });
+  }
+  const pid_t pid = view.lease.pid.value_or(0);
+  if (pid == end->holder_pid) return;
+  boost::system::error_code ignored;
+  end->holder.close(ignored);
+  end->holder_pid = pid;
+  if (pid <= 0) return;
+  const int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0) return;  // gone already, or no pidfd: the next check sees it
+  ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+  end->holder.assign(fd);
+  end->holder.async_wait(asio::posix::stream_descriptor::wait_read, [end, pid](boost::system::error_code ec) {
+    if (!ec && end->holder_pid == pid && end->wake) end->wake();
+  });
+}
+
 RunSpec TargetProcesses::spec_for(const CommandSpec& command, const std::string& role) const {
   RunSpec spec;
   spec.argv = command.argv;
@@ -98,6 +155,16 @@ RunSpec TargetProcesses::spec_for(const CommandSpec& command, const std::string&
   spec.timeout = command.timeout;
   spec.kill_grace = command.kill_grace;
   spec.log_tag = target_.name + " " + role;
+  return spec;
+}
+
+RunSpec TargetProcesses::check_spec(const std::vector<std::string>& argv, Duration timeout, std::size_t tail_lines) const {
+  RunSpec spec;
+  spec.argv = argv;
+  spec.cwd = target_.checkout;
+  spec.timeout = timeout;
+  spec.kill_grace = 1s;
+  spec.tail_lines = tail_lines;
   return spec;
 }
 
@@ -118,26 +185,67 @@ asio::awaitable<ProbeResult> TargetProcesses::probe() {
     if (!url) co_return ProbeResult{false, "health url " + health.url + " is not a plain http:// URL"};
     co_return co_await probe_http(*url, health.timeout);
   }
-  RunSpec spec;
-  spec.argv = health.command;
-  spec.cwd = target_.checkout;
-  spec.timeout = health.timeout;
-  spec.kill_grace = 1s;
-  spec.tail_lines = 1;
-  RunResult r = co_await run_command(std::move(spec));
+  RunResult r = co_await run_command(check_spec(health.command, health.timeout, 1));
   if (r.ok()) co_return ProbeResult{true, "health command exited 0"};
   co_return ProbeResult{false, "health command " + r.describe() + (r.tail.empty() ? "" : ": " + r.tail.back())};
 }
 
 asio::awaitable<IdleAnswer> TargetProcesses::idle() {
-  RunSpec spec;
-  spec.argv = target_.idle->command;
-  spec.cwd = target_.checkout;
-  spec.timeout = target_.idle->timeout;
-  spec.kill_grace = 1s;
-  spec.tail_lines = 0;
-  RunResult r = co_await run_command(std::move(spec));
-  co_return idle_answer_from_exit(r.end == RunResult::End::exited, r.code, r.describe());
+  const IdleConfig& idle = *target_.idle;
+  std::vector<IdleAnswer> answers;
+  if (!idle.lease_file.empty()) answers.push_back(lease_answer());
+  if (!idle.command.empty()) {
+    RunResult r = co_await run_command(check_spec(idle.command, idle.timeout, 0));
+    answers.push_back(idle_answer_from_exit(r.end == RunResult::End::exited, r.code, r.describe()));
+  }
+  if (idle.http) {
+    IdleAnswer answer = co_await check_idle_http(*idle.http, idle.timeout);
+    answers.push_back(std::move(answer));
+  }
+  co_return combine_idle(answers);
+}
+
+IdleAnswer TargetProcesses::lease_answer() {
+  LeaseView view = read_lease(target_.idle->lease_file, std::chrono::system_clock::now());
+  switch (view.state) {
+    case LeaseState::held:
+      watch_lease_end(view);
+      return {IdleAnswer::State::busy, view.describe};
+    case LeaseState::unreadable:
+      return {IdleAnswer::State::unknown, view.describe};
+    case LeaseState::expired:
+    case LeaseState::holder_gone:
+      if (view.describe != lease_noted_) {  // once per lease, not at every check
+        spdlog::warn("{}: {}; ignoring it", target_.name, view.describe);
+        lease_noted_ = view.describe;
+      }
+      return {IdleAnswer::State::idle, "no lease held (the last one ended)"};
+    case LeaseState::none:
+      break;
+  }
+  return {IdleAnswer::State::idle, "no lease held"};
+}
+
+RestartPermit TargetProcesses::permit_restart(bool ignore_lease) {
+  if (!target_.idle || target_.idle->lease_file.empty()) return {};
+  const fs::path& file = target_.idle->lease_file;
+  std::error_code ec;
+  std::optional<LeaseLock> lock = LeaseLock::try_acquire(file, ec);
+  if (ec) {
+    // Without the lock a hold could slip in unseen. A dead service has no cycle to protect; a
+    // deploy waits, which is safe, until the lock file can be used.
+    if (ignore_lease) return {};
+    return {false, "cannot lock " + file.string() + ".lock: " + ec.message(), nullptr};
+  }
+  if (!lock) return {false, "a hold is being recorded right now", nullptr};
+  if (!ignore_lease) {
+    if (IdleAnswer lease = lease_answer(); lease.state != IdleAnswer::State::idle) return {false, lease.reason, nullptr};
+  }
+  return {true, {}, std::make_shared<LeaseLock>(std::move(*lock))};
+}
+
+asio::awaitable<RunResult> TargetProcesses::start_cycle() {
+  co_return co_await run_command(spec_for(target_.cycle->command, "cycle"));
 }
 
 asio::awaitable<HeadCommit> TargetProcesses::head() { co_return co_await git_head(target_.checkout); }
@@ -158,6 +266,7 @@ struct DeployMachine::Deploy {
   std::string started_at;
   Clock::time_point started = Clock::now();
   Marker marker;
+  RestartPermit permit;  // held from the end of the idle gate until "restarting" is recorded
 };
 
 DeployMachine::DeployMachine(const TargetConfig& target, const StateStore& store, TargetActions& actions,
@@ -247,9 +356,9 @@ asio::awaitable<void> DeployMachine::sleep_for(Duration d) {
   if (stopping_) throw StopRequested{};
 }
 
-asio::awaitable<void> DeployMachine::wait_for_poke() {
+asio::awaitable<void> DeployMachine::wait_for_poke(Clock::time_point until) {
   if (!poked_ && !stopping_) {
-    wake_.expires_at(asio::steady_timer::time_point::max());
+    wake_.expires_at(until);
     co_await wake_.async_wait(asio::as_tuple(asio::use_awaitable));
   }
   if (stopping_) throw StopRequested{};
@@ -261,6 +370,15 @@ asio::awaitable<void> DeployMachine::start_up() {
   status_.last_known_good = store_.known_good(target_.name);
   if (auto previous = store_.read_status(target_.name)) status_.last_outcome = previous->last_outcome;
   if (status_.last_known_good.empty()) co_await adopt_running_commit();
+  const auto now = Clock::now();
+  if (target_.cycle) {
+    schedule_.emplace(target_.cycle->every, target_.cycle->jitter, std::random_device{}());
+    schedule_->start(now);
+  }
+  if (target_.monitor) {
+    monitor_.emplace(target_.monitor->failures, target_.monitor->max_recoveries, target_.monitor->window);
+    next_probe_ = now + target_.monitor->interval;
+  }
   spdlog::info("{}: watching {}; last known-good commit: {}", target_.name, target_.marker_dir.string(),
                status_.last_known_good.empty() ? "none yet" : short_sha(status_.last_known_good));
 }
@@ -333,7 +451,11 @@ asio::awaitable<void> DeployMachine::serve() {
       co_await wait_for_poke();
       continue;
     }
-    if (phase_ == Phase::quarantined) spdlog::info("{}: quarantine lifted; deploying again", target_.name);
+    if (phase_ == Phase::quarantined) {
+      spdlog::info("{}: quarantine lifted; deploying again", target_.name);
+      // The operator has looked: the flap limit starts afresh.
+      if (monitor_) monitor_.emplace(target_.monitor->failures, target_.monitor->max_recoveries, target_.monitor->window);
+    }
     poked_ = false;  // the disk is looked at now; only later changes need a new look
     Deploy deploy;
     switch (co_await next_deploy(deploy)) {
@@ -343,8 +465,7 @@ asio::awaitable<void> DeployMachine::serve() {
       case Next::refused:
         break;  // another marker may be waiting already
       case Next::nothing:
-        if (phase_ != Phase::watching) enter(Phase::watching, "", "");
-        co_await wait_for_poke();
+        co_await between_deploys();
         break;
       case Next::settling:
         co_await sleep_for(kSettle);
@@ -436,34 +557,85 @@ asio::awaitable<void> DeployMachine::wait_until_idle(Deploy& deploy) {
   const IdleConfig& idle = *target_.idle;
   deploy.record_phase = "waiting-idle";
   write_record(deploy, false);  // a lost rewrite leaves the claimed marker, which resumes the same way
-  enter(Phase::waiting_idle, deploy.commit, "checking");
+  const std::string what = "deploy of " + short_sha(deploy.commit) + " waiting: ";
+  enter(Phase::waiting_idle, deploy.commit, what + "checking whether the agent is idle");
   spdlog::info("{}: waiting until the agent has been idle for {} before restarting {}", target_.name,
                format_duration(idle.quiet), short_sha(deploy.commit));
   const auto waiting_since = Clock::now();
   QuietTracker quiet(idle.quiet);
-  std::optional<IdleAnswer::State> last;
+  std::string last;  // the reason last shown, so each change is logged once
+  bool waited_too_long = false;
+  auto show = [&](const std::string& reason) {
+    if (reason == last) return;
+    spdlog::info("{}: {}", target_.name, reason);
+    enter(Phase::waiting_idle, deploy.commit, what + reason);
+    last = reason;
+  };
   for (;;) {
+    // A staged deploy of a down production goes at once: there is no cycle left to protect, and
+    // restarting the checkout as a recovery would deploy the staged commit unrecorded.
+    if (monitor_ && Clock::now() >= next_probe_) co_await monitor_probe();
+    Facts facts;
+    facts.deploy_pending = true;
+    facts.production_down = monitor_ && monitor_->down();
+    if (Decision d = decide(facts); d.action == Decision::Action::deploy_now) {
+      spdlog::warn("{}: {}", target_.name, d.why);
+      deploy.permit = actions_.permit_restart(true);
+      break;
+    }
     IdleAnswer answer = co_await actions_.idle();
-    if (answer.state != last) {
-      spdlog::info("{}: {}", target_.name, answer.reason);
-      enter(Phase::waiting_idle, deploy.commit, answer.reason);
-      last = answer.state;
+    if (idle.max_wait && !waited_too_long && since(waiting_since) >= *idle.max_wait) {
+      waited_too_long = true;
+      const bool go = idle.on_max_wait == OnMaxWait::deploy;
+      spdlog::warn("{}: the deploy of {} has waited {} for the agent to be idle ({}); {}", target_.name,
+                   short_sha(deploy.commit), format_duration(since(waiting_since)), answer.reason,
+                   go ? "deploying anyway (on_max_wait = \"deploy\"), once no lease is held"
+                      : "still waiting (on_max_wait = \"keep-waiting\")");
     }
-    if (quiet.observe(answer.state, Clock::now())) {
-      IdleAnswer again = co_await actions_.idle();  // once more, right before the restart
-      if (again.state == IdleAnswer::State::idle) break;
+    const bool forced = waited_too_long && idle.on_max_wait == OnMaxWait::deploy;
+    show(answer.reason + (answer.state == IdleAnswer::State::idle && !forced
+                              ? " (restart after " + format_duration(idle.quiet) + " of idle)"
+                              : ""));
+    if (forced || quiet.observe(answer.state, Clock::now())) {
+      // Once more right before the restart, under the lease lock: a hold recorded after this
+      // sees "restarting" and is refused; one recorded before it is seen here.
+      IdleAnswer again = answer;
+      if (!forced) again = co_await actions_.idle();  // not inside ?: (g++ 12 coroutine bug)
+      if (forced || again.state == IdleAnswer::State::idle) {
+        deploy.permit = actions_.permit_restart(false);
+        if (deploy.permit.granted) {
+          spdlog::info("{}: agent idle{} (waited {}); restarting", target_.name,
+                       forced ? "ness not confirmed" : " for " + format_duration(idle.quiet),
+                       format_duration(since(waiting_since)));
+          break;
+        }
+        again = IdleAnswer{IdleAnswer::State::busy, deploy.permit.why};
+      }
       quiet.observe(again.state, Clock::now());
-      spdlog::info("{}: {}", target_.name, again.reason);
-      enter(Phase::waiting_idle, deploy.commit, again.reason);
-      last = again.state;
+      show(again.reason);
     }
-    const Duration pause = answer.state == IdleAnswer::State::idle
-                               ? std::min(idle.interval, quiet.remaining(Clock::now()))
-                               : idle.interval;
-    co_await sleep_for(pause);
+    // A lease alone is never polled: its release, expiry and holder's exit all poke.
+    auto until = polled(idle) ? Clock::now() + idle.interval : Clock::time_point::max();
+    if (answer.state == IdleAnswer::State::idle && !forced) until = std::min(until, Clock::now() + quiet.remaining(Clock::now()));
+    if (idle.max_wait && !waited_too_long) until = std::min(until, waiting_since + *idle.max_wait);
+    until = std::min(until, next_probe_);
+    co_await wait_for_poke(until);
   }
-  spdlog::info("{}: agent idle for {} (waited {}); restarting", target_.name, format_duration(idle.quiet),
-               format_duration(since(waiting_since)));
+}
+
+asio::awaitable<void> DeployMachine::wait_for_permit(Deploy& deploy) {
+  std::string last;
+  for (;;) {
+    deploy.permit = actions_.permit_restart(false);
+    if (deploy.permit.granted) co_return;
+    if (deploy.permit.why != last) {
+      spdlog::info("{}: restart of {} held off: {}", target_.name, short_sha(deploy.commit), deploy.permit.why);
+      enter(Phase::waiting_idle, deploy.commit, "restart of " + short_sha(deploy.commit) + " held off: " + deploy.permit.why);
+      last = deploy.permit.why;
+    }
+    const Duration pause = target_.idle ? target_.idle->interval : retry_after_;
+    co_await wait_for_poke(Clock::now() + pause);
+  }
 }
 
 asio::awaitable<DeployMachine::Verdict> DeployMachine::restart_and_verify(Deploy& deploy, bool reverting) {
@@ -473,7 +645,8 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::restart_and_verify(Deploy
   // know whether this restart happened.
   deploy.record_phase = reverting ? "restarting-reverted" : "restarting";
   write_record(deploy, false);
-  enter(Phase::restarting, commit, "");
+  enter(Phase::restarting, commit, reverting ? "reverting to the last known-good commit" : "");
+  deploy.permit = {};  // "restarting" is recorded: a hold from now on is refused
   spdlog::info("{}: restarting production on {}", target_.name, short_sha(commit));
   // The record goes durable once the restart has started: fsync costs more than the spawn, and
   // the worst a power cut before it can do is one extra restart after the reboot.
@@ -519,6 +692,186 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::verify(const std::string&
                     {}};
 }
 
+// ---- between deploys ------------------------------------------------------------------------
+
+void DeployMachine::note_waiting(const std::string& why) {
+  if (why == waiting_for_ && phase_ == Phase::watching) return;
+  if (why != waiting_for_) spdlog::debug("{}: {}", target_.name, why);
+  waiting_for_ = why;
+  enter(Phase::watching, "", why);
+}
+
+DeployMachine::Clock::time_point DeployMachine::next_look() const {
+  auto next = next_probe_;
+  if (schedule_) next = std::min(next, schedule_->next_due());
+  return next;
+}
+
+asio::awaitable<ProbeResult> DeployMachine::monitor_probe() {
+  ProbeResult probe = co_await actions_.probe();
+  const auto now = Clock::now();
+  next_probe_ = now + target_.monitor->interval;
+  switch (monitor_->observe(probe.healthy, probe.reason, now)) {
+    case HealthMonitor::Change::went_down: {
+      const auto down_for = std::chrono::duration_cast<std::chrono::system_clock::duration>(now - monitor_->failing_since());
+      spdlog::error("{}: unhealthy since {} ({} probes: {})", target_.name,
+                    format_utc(std::chrono::system_clock::now() - down_for), monitor_->failed_probes(), probe.reason);
+      break;
+    }
+    case HealthMonitor::Change::came_back:
+      spdlog::info("{}: healthy again ({})", target_.name, probe.reason);
+      break;
+    case HealthMonitor::Change::none:
+      if (!probe.healthy) spdlog::debug("{}: probe failed: {}", target_.name, probe.reason);
+      break;
+  }
+  co_return probe;
+}
+
+asio::awaitable<void> DeployMachine::between_deploys() {
+  Facts facts;
+  if (monitor_ && Clock::now() >= next_probe_) {
+    ProbeResult probe = co_await monitor_probe();
+    facts.healthy = probe.healthy;
+  }
+  const auto now = Clock::now();
+  facts.production_down = monitor_ && monitor_->down();
+  facts.may_recover = !monitor_ || monitor_->may_recover(now);
+  facts.cycle_due = schedule_ && schedule_->due(now);
+  std::string agent_reason;
+  for (;;) {
+    // Looked at before every decision: a marker staged while a probe or an idle check was under
+    // way must stop a cycle from starting.
+    facts.deploy_pending = poked_ || exists(marker_file::ready) || exists(marker_file::in_progress);
+    const Decision d = decide(facts);
+    switch (d.action) {
+      case Decision::Action::probe_health: {
+        ProbeResult probe;
+        if (monitor_) {
+          probe = co_await monitor_probe();
+        } else {
+          probe = co_await actions_.probe();
+        }
+        facts.healthy = probe.healthy;
+        facts.production_down = monitor_ && monitor_->down();
+        continue;
+      }
+      case Decision::Action::ask_agent: {
+        IdleAnswer answer{IdleAnswer::State::idle, ""};
+        if (target_.idle) answer = co_await actions_.idle();
+        facts.agent = answer.state;
+        agent_reason = answer.reason;
+        continue;
+      }
+      case Decision::Action::start_cycle:
+        co_await start_cycle();
+        co_return;
+      case Decision::Action::recover:
+        co_await recover();
+        co_return;
+      case Decision::Action::give_up:
+        give_up_recovering();
+        co_return;
+      case Decision::Action::deploy:
+      case Decision::Action::deploy_now:
+        co_return;  // a marker is there: the caller claims it
+      case Decision::Action::wait:
+        break;
+    }
+    std::string why = d.why;
+    auto until = next_look();
+    if (facts.cycle_due) {
+      // Held off: look again after a while (a lease's release pokes earlier).
+      if (!agent_reason.empty()) why += " (" + agent_reason + ")";
+      if (facts.agent && target_.idle) {
+        if (polled(*target_.idle)) until = std::min(until, Clock::now() + target_.idle->interval);
+      } else {
+        until = std::min(until, Clock::now() + (target_.monitor ? target_.monitor->interval : target_.health.interval));
+      }
+    } else if (schedule_) {
+      why += "; next cycle at " + format_utc(std::chrono::system_clock::now() +
+                                             std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                                                 schedule_->next_due() - Clock::now()));
+    }
+    note_waiting(why);
+    co_await wait_for_poke(until);
+    co_return;
+  }
+}
+
+asio::awaitable<void> DeployMachine::start_cycle() {
+  const bool owed = schedule_->owed();
+  spdlog::info("{}: starting a cycle{}", target_.name, owed ? " (owed since the last revert or recovery)" : "");
+  enter(Phase::watching, "", "starting a cycle");
+  RunResult r = co_await actions_.start_cycle();
+  schedule_->started(Clock::now());
+  const auto next = std::chrono::duration_cast<Duration>(schedule_->next_due() - Clock::now());
+  if (r.ok()) {
+    spdlog::info("{}: cycle started; the next one is due in {}", target_.name, format_duration(next));
+  } else {
+    spdlog::warn("{}: the cycle command {}; trying again when the next cycle is due, in {}", target_.name, r.describe(),
+                 format_duration(next));
+  }
+}
+
+asio::awaitable<void> DeployMachine::recover() {
+  const auto started = Clock::now();
+  monitor_->recovery_started(started);
+  const std::string down_since = format_utc(std::chrono::system_clock::now() -
+      std::chrono::duration_cast<std::chrono::system_clock::duration>(started - monitor_->failing_since()));
+  const std::string down = "production has been down since " + down_since + " (" +
+                           std::to_string(monitor_->failed_probes()) + " probes: " + monitor_->last_reason() + ")";
+  HeadCommit head = co_await actions_.head();
+  const std::string commit = head.error.empty() ? head.commit : "";
+  // Nobody may hold a lease through a restart, recovery included: take the lock while the
+  // phase is recorded, but do not wait for a lease (the agent died with the service).
+  RestartPermit permit = actions_.permit_restart(true);
+  enter(Phase::restarting, commit, "recovering: " + down);
+  permit = {};
+  spdlog::warn("{}: {}; restarting it without waiting for idle: a dead service has no cycle to protect", target_.name,
+               down);
+  RunResult r = co_await actions_.restart([] {});
+  Verdict verdict;
+  if (r.ok()) {
+    verdict = co_await verify(commit);
+  } else {
+    verdict = Verdict{false, "the restart command " + r.describe(), r.tail};
+  }
+  if (verdict.ok) {
+    monitor_->reset();
+    next_probe_ = Clock::now() + target_.monitor->interval;
+    spdlog::info("{}: healthy again after {} (recovered by a restart)", target_.name,
+                 format_duration(since(monitor_->failing_since())));
+    finish(Outcome{"recovered", commit, down, now_utc()});
+    if (target_.cycle && target_.cycle->after_recovery) schedule_->owe();
+    co_return;
+  }
+  // The restart did not help: the code may be what is broken. Go back to the last known-good.
+  Deploy deploy;
+  deploy.commit = commit;
+  deploy.previous_known_good = status_.last_known_good.empty() ? fallback_commit_ : status_.last_known_good;
+  deploy.started_at = now_utc();
+  Verdict failure{false, down + ", and restarting it did not help: " + verdict.reason, verdict.output};
+  co_await revert(deploy, std::move(failure));
+  monitor_->reset();
+  next_probe_ = Clock::now() + target_.monitor->interval;
+}
+
+void DeployMachine::give_up_recovering() {
+  const std::string why = "production went down again after " + std::to_string(target_.monitor->max_recoveries) +
+                          " recoveries within " + format_duration(target_.monitor->window) + " (last: " +
+                          monitor_->last_reason() + "); it is flapping, so the sentinel stops acting on it";
+  json::object doc{{"reason", why}, {"at", now_utc()}, {"last_known_good", status_.last_known_good}};
+  const fs::path file = target_.marker_dir / marker_file::failed;
+  if (auto ec = write_file_atomic(file, json::serialize(doc) + "\n", true)) {
+    spdlog::critical("{}: cannot write {}: {}", target_.name, file.string(), ec.message());
+  }
+  spdlog::critical("{}: {}; look at it, then remove {} to let the sentinel act again", target_.name, why,
+                   file.string());
+  finish(Outcome{"failed", "", why, now_utc()});
+  enter(Phase::quarantined, "", why);
+}
+
 asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
   const std::string& resumed = deploy.resumed_phase;
   if (is_revert_phase(resumed)) {
@@ -541,12 +894,14 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
       spdlog::warn("{}: the sentinel stopped while restarting {}, so that restart's outcome is unknown: restarting "
                    "once more",
                    target_.name, short_sha(deploy.commit));
+      co_await wait_for_permit(deploy);
     } else if (target_.idle) {
       co_await wait_until_idle(deploy);
       // The agent may have committed while we waited (without a wait HEAD was read just now).
       HeadCommit head = co_await actions_.head();
       if (head.error.empty() && head.commit != deploy.commit) {
         if (!deploy.marker.commit.empty()) {
+          deploy.permit = {};
           reject(marker_file::in_progress,
                  "HEAD moved from " + deploy.commit + " to " + head.commit + " while waiting for idle; stage again",
                  deploy.marker.text);
@@ -572,6 +927,7 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
   std::error_code ignored;
   fs::remove(target_.marker_dir / marker_file::reverted, ignored);
   fs::remove(target_.marker_dir / marker_file::in_progress, ignored);
+  if (monitor_) monitor_->reset();  // just verified healthy: earlier failed probes are history
   spdlog::info("{}: deployed {} in {}", target_.name, short_sha(deploy.commit), format_duration(since(deploy.started)));
   finish(Outcome{"deployed", deploy.commit, "", now_utc()});
 }
@@ -661,6 +1017,9 @@ asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
   spdlog::warn("{}: reverted {} to {} in {}: {}", target_.name, short_sha(deploy.commit), short_sha(target),
                format_duration(since(revert_started)), failure.reason);
   finish(Outcome{"reverted", deploy.commit, failure.reason, now_utc()});
+  if (monitor_) monitor_->reset();
+  // The agent should learn from .deploy-reverted: one cycle once production is healthy.
+  if (schedule_ && target_.cycle->after_recovery) schedule_->owe();
 }
 
 }  // namespace sentinel

@@ -2,6 +2,7 @@
 // The deploy policy of one target: claim a staged marker, wait for idle, restart, verify,
 // record or revert. Watchers, probes and runners report facts; only this decides.
 
+#include "arbiter.h"
 #include "config.h"
 #include "git.h"
 #include "health_probe.h"
@@ -17,6 +18,17 @@
 
 namespace sentinel {
 
+struct LeaseView;
+
+/// Leave to restart production, given while no agent holds the target's lease. While `hold_off`
+/// lives, `deploy-sentinel hold` waits: keep it until the phase "restarting" is recorded, so
+/// that a hold either comes before the restart (and stops it) or sees it (and is refused).
+struct RestartPermit {
+  bool granted = true;
+  std::string why;  // when not granted: what holds the restart off
+  std::shared_ptr<void> hold_off;
+};
+
 /// The outside world of one target, as the deploy machine sees it. The daemon runs real
 /// processes and probes (TargetProcesses); unit tests script the answers.
 class TargetActions {
@@ -26,7 +38,13 @@ class TargetActions {
   virtual boost::asio::awaitable<RunResult> restart(std::function<void()> on_started) = 0;
   virtual boost::asio::awaitable<RunResult> build() = 0;
   virtual boost::asio::awaitable<ProbeResult> probe() = 0;
+  /// Every configured idle source at once (command, HTTP, lease): idle only when all say so.
   virtual boost::asio::awaitable<IdleAnswer> idle() = 0;
+  /// Starts one agent cycle (the cycle command); the cycle itself runs in the agent.
+  virtual boost::asio::awaitable<RunResult> start_cycle() = 0;
+  /// Takes the lease lock and checks the lease; with `ignore_lease` (recovery of a dead
+  /// service) only takes the lock. Targets without a lease always grant.
+  virtual RestartPermit permit_restart(bool /*ignore_lease*/) { return {}; }
   virtual boost::asio::awaitable<HeadCommit> head() = 0;
   virtual boost::asio::awaitable<RunResult> reset_to(std::string commit) = 0;
 };
@@ -34,17 +52,31 @@ class TargetActions {
 /// TargetActions for real: the configured commands as subprocesses, HTTP or command probes, git.
 class TargetProcesses final : public TargetActions {
  public:
-  explicit TargetProcesses(const TargetConfig& target) : target_(target) {}
+  /// `on_lease_change` runs when a lease seen held may have ended by itself: at its expiry, or
+  /// when its holder process exits. (Writes and removals of the lease file are seen by inotify.)
+  TargetProcesses(const TargetConfig& target, boost::asio::any_io_executor executor,
+                  std::function<void()> on_lease_change);
+  ~TargetProcesses() override;
   boost::asio::awaitable<RunResult> restart(std::function<void()> on_started) override;
   boost::asio::awaitable<RunResult> build() override;
   boost::asio::awaitable<ProbeResult> probe() override;
   boost::asio::awaitable<IdleAnswer> idle() override;
+  boost::asio::awaitable<RunResult> start_cycle() override;
+  RestartPermit permit_restart(bool ignore_lease) override;
   boost::asio::awaitable<HeadCommit> head() override;
   boost::asio::awaitable<RunResult> reset_to(std::string commit) override;
 
  private:
   RunSpec spec_for(const CommandSpec& command, const std::string& role) const;
+  /// A short check (health or idle command): quiet, killed 1 s after its timeout.
+  RunSpec check_spec(const std::vector<std::string>& argv, Duration timeout, std::size_t tail_lines) const;
+  IdleAnswer lease_answer();
+  /// Arms the wake-ups for the end of a held lease.
+  void watch_lease_end(const LeaseView& view);
   const TargetConfig& target_;
+  std::string lease_noted_;  // the ended lease last logged, so each is logged once
+  struct LeaseEnd;
+  std::shared_ptr<LeaseEnd> lease_end_;
 };
 
 /// One target's deploys, start to end, one at a time. The marker directory is the queue and
@@ -53,7 +85,8 @@ class TargetProcesses final : public TargetActions {
 /// agent what happened. A target with `.deploy-failed` deploys nothing until it is removed.
 class DeployMachine {
  public:
-  /// Phases as `status` shows them.
+  /// Phases as `status` shows them. Recovery of a down production uses restarting, verifying,
+  /// reverting and rebuilding too.
   enum class Phase { starting, watching, waiting_idle, restarting, verifying, reverting, rebuilding,
                      quarantined };
 
@@ -84,6 +117,8 @@ class DeployMachine {
   /// that will not go away by looking again at once.
   enum class Next { deploy, nothing, refused, settling, stuck };
 
+  using Clock = std::chrono::steady_clock;
+
  private:
   static constexpr Duration kSettle{1000};
 
@@ -98,8 +133,18 @@ class DeployMachine {
   boost::asio::awaitable<void> serve();
   boost::asio::awaitable<void> start_up();
   boost::asio::awaitable<void> adopt_running_commit();
-  boost::asio::awaitable<void> wait_for_poke();
+  /// Waits until poke(), request_stop() or `until`.
+  boost::asio::awaitable<void> wait_for_poke(Clock::time_point until = Clock::time_point::max());
   boost::asio::awaitable<void> sleep_for(Duration d);
+  /// Between deploys: probes, recoveries and cycles, then a wait for the next thing to happen.
+  boost::asio::awaitable<void> between_deploys();
+  /// One monitor probe; logs production going down and coming back, once each.
+  boost::asio::awaitable<ProbeResult> monitor_probe();
+  boost::asio::awaitable<void> recover();
+  void give_up_recovering();
+  boost::asio::awaitable<void> start_cycle();
+  /// Waits until no lease holds the restart off (a resumed restart skips the rest of the gate).
+  boost::asio::awaitable<void> wait_for_permit(Deploy& deploy);
   boost::asio::awaitable<Next> next_deploy(Deploy& deploy);
   boost::asio::awaitable<void> carry_out(Deploy& deploy);
   boost::asio::awaitable<void> wait_until_idle(Deploy& deploy);
@@ -116,6 +161,10 @@ class DeployMachine {
   void enter(Phase phase, const std::string& commit, const std::string& detail);
   void write_record(const Deploy& deploy, bool durable);
   bool exists(std::string_view file_name) const;
+  /// Shows what the target waits for in `status`, and logs it when it changes.
+  void note_waiting(const std::string& why);
+  /// When to look again between deploys, without a poke.
+  Clock::time_point next_look() const;
 
   const TargetConfig& target_;
   const StateStore& store_;
@@ -129,6 +178,10 @@ class DeployMachine {
   TargetStatus status_;
   std::string fallback_commit_;  // the commit running at start-up, when no known-good exists
   std::string stuck_reason_;     // what was last logged as blocking the target
+  std::optional<CycleSchedule> schedule_;
+  std::optional<HealthMonitor> monitor_;
+  Clock::time_point next_probe_ = Clock::time_point::max();
+  std::string waiting_for_;  // what note_waiting last showed
 };
 
 /// "waiting-idle" etc.

@@ -14,6 +14,7 @@
 #include <sys/inotify.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -37,7 +38,7 @@ std::string inotify_failure(const char* what, const fs::path& dir, int err) {
   } else if (err == EMFILE) {
     msg += " (too many inotify instances: raise `sysctl fs.inotify.max_user_instances`)";
   } else if (err == ENOENT) {
-    msg += " (create the directory, or fix marker_dir in the config)";
+    msg += " (create the directory, or fix marker_dir or idle.lease_file in the config)";
   } else if (err == ENOTDIR) {
     msg += " (marker_dir must be a directory)";
   } else if (err == EACCES) {
@@ -49,14 +50,21 @@ std::string inotify_failure(const char* what, const fs::path& dir, int err) {
 }  // namespace
 
 struct MarkerWatch::Impl : std::enable_shared_from_this<MarkerWatch::Impl> {
-  Impl(asio::any_io_executor executor, fs::path d, std::string l, std::function<void(std::string_view)> cb)
-      : inotify(executor), retry(executor), dir(std::move(d)), label(std::move(l)), on_change(std::move(cb)) {}
+  Impl(asio::any_io_executor executor, fs::path d, std::string l, std::function<void(std::string_view)> cb,
+       std::vector<std::string> a)
+      : inotify(executor),
+        retry(executor),
+        dir(std::move(d)),
+        label(std::move(l)),
+        on_change(std::move(cb)),
+        also(std::move(a)) {}
 
   asio::posix::stream_descriptor inotify;
   asio::steady_timer retry;
   fs::path dir;
   std::string label;
   std::function<void(std::string_view)> on_change;
+  std::vector<std::string> also;
   int dir_wd = -1;
   int parent_wd = -1;
   bool stopped = false;
@@ -141,6 +149,10 @@ struct MarkerWatch::Impl : std::enable_shared_from_this<MarkerWatch::Impl> {
     } else if (name == marker_file::failed && (ev.mask & (IN_DELETE | IN_MOVED_FROM))) {
       notify("quarantine marker removed");
     }
+    if (!name.empty() && (ev.mask & (IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM)) &&
+        std::find(also.begin(), also.end(), name) != also.end()) {
+      notify(ev.mask & (IN_DELETE | IN_MOVED_FROM) ? "watched file removed" : "watched file written");
+    }
   }
 
   asio::awaitable<void> read_loop() {
@@ -164,8 +176,9 @@ struct MarkerWatch::Impl : std::enable_shared_from_this<MarkerWatch::Impl> {
 };
 
 MarkerWatch::MarkerWatch(asio::any_io_executor executor, fs::path dir, std::string label,
-                         std::function<void(std::string_view)> on_change)
-    : impl_(std::make_shared<Impl>(std::move(executor), std::move(dir), std::move(label), std::move(on_change))) {}
+                         std::function<void(std::string_view)> on_change, std::vector<std::string> also)
+    : impl_(std::make_shared<Impl>(std::move(executor), std::move(dir), std::move(label), std::move(on_change),
+                                   std::move(also))) {}
 
 MarkerWatch::~MarkerWatch() {
   impl_->stopped = true;
@@ -179,7 +192,7 @@ void MarkerWatch::start() {
   if (fd < 0) throw StartupError(inotify_failure("cannot watch", impl_->dir, errno));
   impl_->inotify.assign(fd);
   if (int err = impl_->add_dir_watch(); err != 0) {
-    throw StartupError(inotify_failure("cannot watch marker directory", impl_->dir, err));
+    throw StartupError(inotify_failure("cannot watch directory", impl_->dir, err));
   }
   asio::co_spawn(impl_->inotify.get_executor(), impl_->read_loop(), [label = impl_->label](std::exception_ptr e) {
     if (!e) return;

@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <string_view>
+#include <vector>
 
 namespace sentinel {
 
@@ -17,11 +18,13 @@ namespace sentinel {
 /// renamed. It reports facts and never touches the directory: the owner looks at the disk,
 /// which stays the truth. Costs nothing while nothing happens (no timers, no polling), except
 /// while the directory is missing and its parent is missing too (then it retries every second).
+/// Files named in `also` (a lease, say) are reported whenever they are written, renamed in or
+/// out, or removed.
 class MarkerWatch {
  public:
   /// `on_change(why)` runs on `executor`, never from inside start().
   MarkerWatch(boost::asio::any_io_executor executor, std::filesystem::path dir, std::string label,
-              std::function<void(std::string_view why)> on_change);
+              std::function<void(std::string_view why)> on_change, std::vector<std::string> also = {});
   ~MarkerWatch();
   MarkerWatch(const MarkerWatch&) = delete;
   MarkerWatch& operator=(const MarkerWatch&) = delete;

@@ -81,6 +81,10 @@ struct ScriptedWorld final : TargetActions {
     calls.push_back(state == IdleAnswer::State::idle ? "idle" : "busy");
     co_return IdleAnswer{state, state == IdleAnswer::State::idle ? "idle" : "busy"};
   }
+  asio::awaitable<RunResult> start_cycle() override {
+    calls.push_back("cycle");
+    co_return exited(0);
+  }
   asio::awaitable<HeadCommit> head() override { co_return HeadCommit{head_commit, {}}; }
   asio::awaitable<RunResult> reset_to(std::string commit) override {
     calls.push_back("reset " + commit.substr(0, 4));
@@ -90,6 +94,15 @@ struct ScriptedWorld final : TargetActions {
 
   int count(const std::string& call) const { return static_cast<int>(std::count(calls.begin(), calls.end(), call)); }
 };
+
+/// An idle gate of one (scripted) idle command.
+IdleConfig idle_config(Duration interval, Duration quiet) {
+  IdleConfig idle;
+  idle.command = {"agent-idle"};
+  idle.interval = interval;
+  idle.quiet = quiet;
+  return idle;
+}
 
 /// One target with tiny durations, its marker and state directories, and a running machine.
 struct Rig {
@@ -310,7 +323,7 @@ TEST_CASE("no restart while the agent is busy; the restart comes after idle has 
   Rig rig;
   rig.store.set_known_good("prod", kGood);
   rig.world.head_commit = kNext;
-  rig.target.idle = IdleConfig{{"agent-idle"}, 1ms, 5ms, 1s};
+  rig.target.idle = idle_config(1ms, 5ms);
   rig.world.idle_answers = {IdleAnswer::State::busy, IdleAnswer::State::idle, IdleAnswer::State::busy,
                             IdleAnswer::State::unknown, IdleAnswer::State::busy};
   rig.stage();
@@ -443,7 +456,7 @@ TEST_CASE("a deploy that was still waiting for idle when the run stopped waits f
   Rig rig;
   rig.store.set_known_good("prod", kGood);
   rig.world.head_commit = kNext;
-  rig.target.idle = IdleConfig{{"agent-idle"}, 1ms, 2ms, 1s};
+  rig.target.idle = idle_config(1ms, 2ms);
   rig.world.idle_answers = {IdleAnswer::State::busy};
   write_record(rig, "waiting-idle", kNext);
   rig.start();
@@ -456,7 +469,7 @@ TEST_CASE("a stop requested while waiting for idle ends the run at once and keep
   Rig rig;
   rig.store.set_known_good("prod", kGood);
   rig.world.head_commit = kNext;
-  rig.target.idle = IdleConfig{{"agent-idle"}, 1h, 1h, 1s};  // would wait an hour
+  rig.target.idle = idle_config(1h, 1h);  // would wait an hour
   rig.stage();
   rig.start();
   REQUIRE(rig.run_until([&] { return rig.machine->phase() == DeployMachine::Phase::waiting_idle; }));

@@ -9,6 +9,8 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 #include <boost/asio/write.hpp>
+#include "canned_http.h"
+
 #include <doctest/doctest.h>
 
 #include <arpa/inet.h>
@@ -319,28 +321,8 @@ namespace asio = boost::asio;
 using asio::ip::tcp;
 using sentinel::HttpAnswer;
 
-enum class Then { close, stall };
-
-/// Answers the first connection to `acceptor` with `response` once the request head has
-/// arrived, keeps that head in `request`, then closes its side (or, with `Then::stall`, says
-/// nothing more) and waits until the client has closed.
-asio::awaitable<void> answer_once(tcp::acceptor& acceptor, std::string response,
-                                  std::string& request, Then then) {
-  constexpr auto no_throw = asio::as_tuple(asio::use_awaitable);
-  auto accept = acceptor.async_accept(no_throw);
-  auto [accept_ec, socket] = co_await std::move(accept);
-  if (accept_ec) co_return;
-  auto read = asio::async_read_until(socket, asio::dynamic_buffer(request), "\r\n\r\n", no_throw);
-  auto [read_ec, head] = co_await std::move(read);
-  if (read_ec) co_return;
-  auto write = asio::async_write(socket, asio::buffer(response), no_throw);
-  co_await std::move(write);  // the client may hang up early on purpose (body limit)
-  boost::system::error_code ignored;
-  if (then == Then::close) socket.shutdown(tcp::socket::shutdown_send, ignored);
-  char byte = 0;
-  auto drain = socket.async_read_some(asio::buffer(&byte, 1), no_throw);
-  co_await std::move(drain);
-}
+using sentinel::test::answer_once;
+using sentinel::test::Then;
 
 template <class T>
 struct Served {

@@ -245,7 +245,7 @@ Production::Production(Options o)
     text += "\n[target.idle]\ncommand = [\"sh\", \"-c\", \"echo idle-check; test ! -e " + (tmp / "busy").string() +
             "\"]\ninterval = \"50ms\"\nquiet = \"" + o.quiet + "\"\n";
   }
-  text += "\n";
+  text += o.extra + "\n";
   write_file(config, "[sentinel]\nstate_dir = \"" + state.string() + "\"\nlog_level = \"debug\"\n\n" + text);
 
   // Production runs before the sentinel does, as on a real host.

@@ -73,6 +73,7 @@ class Production {
     bool with_build = false;  // the build fails while the file `build-fails` exists beside the checkout
     bool with_idle = false;
     std::string quiet = "300ms";
+    std::string extra;  // more of the target's table, TOML, appended after [target.health]
   };
   explicit Production(Options options);
   Production() : Production(Options{}) {}
