@@ -499,3 +499,127 @@ TEST_CASE("an internal error does not stop the target for good: it starts over a
   CHECK(rig.world.count("restart 3333") == 2);  // the record said "restarting": restart once more
   CHECK_FALSE(rig.finished);
 }
+
+// ---- deploys, cycles and recoveries together ----
+
+namespace {
+
+MonitorConfig fast_monitor() {
+  MonitorConfig monitor;
+  monitor.interval = 1ms;
+  monitor.failures = 2;
+  return monitor;
+}
+
+CycleConfig cycle_every(Duration every) {
+  CycleConfig cycle;
+  cycle.command.argv = {"start-cycle"};
+  cycle.every = every;
+  return cycle;
+}
+
+/// The position of the first `call` in `calls` at or after `from`, or -1.
+long find_call(const std::vector<std::string>& calls, const std::string& call, long from = 0) {
+  auto it = std::find(calls.begin() + from, calls.end(), call);
+  return it == calls.end() ? -1 : it - calls.begin();
+}
+
+}  // namespace
+
+TEST_CASE("a deploy waiting for a busy agent goes at once when the monitor finds production down") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kNext;
+  rig.target.idle = idle_config(1ms, 1h);
+  rig.world.idle_answers.assign(100000, IdleAnswer::State::busy);
+  rig.target.monitor = fast_monitor();
+  rig.world.probe_answers = {true, false, false};  // then healthy: kNext is not broken
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.world.count("restart 3333") == 1 && rig.settled(); }));
+  CHECK(rig.last_result() == "deployed");
+  CHECK(rig.world.count("restart 1111") == 0);  // not restarted on the checkout as a recovery
+}
+
+TEST_CASE("a staged deploy goes before a cycle that falls due, and the cycle follows it") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kNext;
+  rig.target.cycle = cycle_every(1ms);
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.world.count("cycle") >= 1; }));
+  const long restart = find_call(rig.world.calls, "restart 3333");
+  REQUIRE(restart >= 0);
+  CHECK(find_call(rig.world.calls, "cycle") > restart);
+}
+
+TEST_CASE("a cycle due while the agent is busy waits, and starts once the agent is idle") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.target.idle = idle_config(1ms, 1h);
+  rig.world.idle_answers = {IdleAnswer::State::busy, IdleAnswer::State::unknown, IdleAnswer::State::busy};
+  rig.target.cycle = cycle_every(1ms);
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.world.count("cycle") >= 1; }));
+  const long cycle = find_call(rig.world.calls, "cycle");
+  REQUIRE(cycle >= 2);
+  CHECK(rig.world.calls[cycle - 1] == "idle");  // asked right before, and idle
+  CHECK(rig.world.count("busy") == 3);          // each busy or unknown answer held it off
+}
+
+TEST_CASE("a cycle due while production is unhealthy waits until it is healthy") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.target.cycle = cycle_every(1ms);
+  rig.world.probe_answers = {false, false};
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.world.count("cycle") >= 1; }));
+  const long cycle = find_call(rig.world.calls, "cycle");
+  CHECK(rig.world.calls[cycle - 1] == "probe ok");
+  CHECK(rig.world.count("probe bad") == 2);
+}
+
+TEST_CASE("after a reverted deploy one cycle starts once production is healthy") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kBad;
+  rig.world.broken = {kBad};
+  rig.target.cycle = cycle_every(1h);
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.world.count("cycle") == 1; }));
+  CHECK(rig.last_result() == "reverted");
+  CHECK(find_call(rig.world.calls, "cycle") > find_call(rig.world.calls, "restart 1111"));
+}
+
+TEST_CASE("a down production is restarted, then reverted when the restart does not help") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kBad;  // committed, never staged, and broken
+  rig.world.broken = {kBad};
+  rig.target.monitor = fast_monitor();
+  rig.target.cycle = cycle_every(1h);
+  rig.world.probe_answers = {false, false};
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.world.count("cycle") == 1; }));
+  CHECK(rig.world.count("restart 2222") == 1);  // the recovery's restart, on the checkout as it is
+  CHECK(rig.world.count("reset 1111") == 1);
+  CHECK(rig.world.count("restart 1111") == 1);
+  CHECK(rig.last_result() == "reverted");
+  CHECK(rig.has(marker_file::reverted));
+}
+
+TEST_CASE("a production that keeps going down is quarantined after max_recoveries within the window") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.target.monitor = fast_monitor();
+  rig.target.monitor->max_recoveries = 2;
+  // Each recovery's restart verifies healthy (2 in a row), then production goes down again.
+  rig.world.probe_answers = {false, false, true, true, false, false, true, true, false, false};
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.has(marker_file::failed); }));
+  CHECK(rig.world.count("restart 1111") == 2);
+  CHECK(rig.last_result() == "failed");
+  CHECK(rig.json_of(marker_file::failed).at("reason").as_string().find("flapping") != std::string::npos);
+}
