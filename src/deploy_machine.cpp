@@ -319,12 +319,12 @@ void DeployMachine::write_record(const Deploy& deploy, bool durable) {
 }
 
 DeployMachine::Next DeployMachine::reject(std::string_view file_name, const std::string& reason,
-                                          const std::string& text) {
+                                          const std::string& text, const std::string& commit) {
   if (auto ec = reject_marker(target_.marker_dir, file_name, reason, text)) {
     spdlog::error("{}: while refusing a marker in {}: {}", target_.name, target_.marker_dir.string(), ec.message());
   }
   spdlog::warn("{}: refused the staged deploy: {} (moved to {})", target_.name, reason, marker_file::rejected_marker);
-  finish(Outcome{"rejected", "", reason, now_utc()});
+  finish(Outcome{"rejected", commit, reason, now_utc()});
   if (!exists(file_name)) return Next::refused;
   // Still there: looking again at once would refuse it again, forever.
   stuck("cannot move the refused marker aside in " + target_.marker_dir.string());
@@ -522,7 +522,7 @@ asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) 
       // Found by a rescan rather than its close-write, a marker may still be being written: give
       // a writer that is still at it a moment before calling its marker broken.
       if (check.truncated_json && modified_within(record, kSettle)) co_return Next::settling;
-      co_return reject(marker_file::in_progress, check.reason, check.marker.text);
+      co_return reject(marker_file::in_progress, check.reason, check.marker.text, check.marker.commit);
     }
     deploy.marker = check.marker;
     deploy.started_at = now_utc();
@@ -537,7 +537,7 @@ asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) 
     co_return reject(marker_file::in_progress,
                      "the marker names commit " + deploy.marker.commit + " but the checkout's HEAD is " + head.commit +
                          "; commit first, then stage (deploy-sentinel stage uses HEAD by default)",
-                     deploy.marker.text);
+                     deploy.marker.text, deploy.marker.commit);
   }
   if (resumed && !deploy.commit.empty() && deploy.commit != head.commit) {
     spdlog::warn("{}: HEAD moved from {} to {} since the record was written; deploying {}", target_.name,
@@ -703,7 +703,7 @@ void DeployMachine::note_waiting(const std::string& why) {
 
 DeployMachine::Clock::time_point DeployMachine::next_look() const {
   auto next = next_probe_;
-  if (schedule_) next = std::min(next, schedule_->next_due());
+  if (schedule_) next = std::min(next, schedule_->due(Clock::now()) ? cycle_retry_at_ : schedule_->next_due());
   return next;
 }
 
@@ -719,7 +719,8 @@ asio::awaitable<ProbeResult> DeployMachine::monitor_probe() {
       break;
     }
     case HealthMonitor::Change::came_back:
-      spdlog::info("{}: healthy again ({})", target_.name, probe.reason);
+      spdlog::info("{}: healthy again after {} ({})", target_.name, format_duration(since(monitor_->failing_since())),
+                   probe.reason);
       break;
     case HealthMonitor::Change::none:
       if (!probe.healthy) spdlog::debug("{}: probe failed: {}", target_.name, probe.reason);
@@ -737,7 +738,7 @@ asio::awaitable<void> DeployMachine::between_deploys() {
   const auto now = Clock::now();
   facts.production_down = monitor_ && monitor_->down();
   facts.may_recover = !monitor_ || monitor_->may_recover(now);
-  facts.cycle_due = schedule_ && schedule_->due(now);
+  facts.cycle_due = schedule_ && schedule_->due(now) && now >= cycle_retry_at_;
   std::string agent_reason;
   for (;;) {
     // Looked at before every decision: a marker staged while a probe or an idle check was under
@@ -788,6 +789,8 @@ asio::awaitable<void> DeployMachine::between_deploys() {
       } else {
         until = std::min(until, Clock::now() + (target_.monitor ? target_.monitor->interval : target_.health.interval));
       }
+    } else if (schedule_ && schedule_->due(Clock::now())) {
+      why = "cycle due, waiting: the cycle command " + cycle_failure_ + "; trying again shortly";
     } else if (schedule_) {
       why += "; next cycle at " + format_utc(std::chrono::system_clock::now() +
                                              std::chrono::duration_cast<std::chrono::system_clock::duration>(
@@ -804,14 +807,23 @@ asio::awaitable<void> DeployMachine::start_cycle() {
   spdlog::info("{}: starting a cycle{}", target_.name, owed ? " (owed since the last revert or recovery)" : "");
   enter(Phase::watching, "", "starting a cycle");
   RunResult r = co_await actions_.start_cycle();
-  schedule_->started(Clock::now());
-  const auto next = std::chrono::duration_cast<Duration>(schedule_->next_due() - Clock::now());
-  if (r.ok()) {
-    spdlog::info("{}: cycle started; the next one is due in {}", target_.name, format_duration(next));
-  } else {
-    spdlog::warn("{}: the cycle command {}; trying again when the next cycle is due, in {}", target_.name, r.describe(),
-                 format_duration(next));
+  const auto now = Clock::now();
+  if (!r.ok()) {
+    // Not started: the cycle stays due (and owed) and is tried again shortly.
+    cycle_retry_at_ = now + retry_after_;
+    if (r.describe() != cycle_failure_) {
+      spdlog::warn("{}: the cycle command {}{}; trying again every {} while the cycle is due", target_.name,
+                   r.describe(), r.tail.empty() ? "" : " (" + one_line(r.tail.back()) + ")",
+                   format_duration(retry_after_));
+      cycle_failure_ = r.describe();
+    }
+    co_return;
   }
+  if (!cycle_failure_.empty()) spdlog::info("{}: the cycle command works again", target_.name);
+  cycle_failure_.clear();
+  schedule_->started(now);
+  spdlog::info("{}: cycle started; the next one is due in {}", target_.name,
+               format_duration(std::chrono::duration_cast<Duration>(schedule_->next_due() - now)));
 }
 
 asio::awaitable<void> DeployMachine::recover() {
@@ -904,7 +916,7 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
           deploy.permit = {};
           reject(marker_file::in_progress,
                  "HEAD moved from " + deploy.commit + " to " + head.commit + " while waiting for idle; stage again",
-                 deploy.marker.text);
+                 deploy.marker.text, deploy.marker.commit);
           co_return;
         }
         spdlog::info("{}: HEAD moved from {} to {} while waiting for idle; deploying {}", target_.name,
@@ -978,12 +990,11 @@ asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
   }
   if (exists(marker_file::ready)) {
     // Staged during the failed deploy, on top of the commit the reset just took away.
-    boost::system::error_code ec;
-    std::string text = read_small_file(target_.marker_dir / marker_file::ready, ec);
+    const MarkerCheck staged = read_marker(target_.marker_dir / marker_file::ready);
     reject(marker_file::ready,
            "staged while " + deploy.commit + " was being deployed; that deploy failed and the checkout was reset to " +
                target + ", so stage again once your change is committed on top of it",
-           text);
+           staged.marker.text, staged.marker.commit);
   }
   if (target_.build) {
     deploy.record_phase = "rebuilding";

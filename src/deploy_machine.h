@@ -154,7 +154,9 @@ class DeployMachine {
   boost::asio::awaitable<void> revert(Deploy& deploy, Verdict failure);
 
   /// Moves a refused marker aside and records why; `stuck` when it could not be moved.
-  Next reject(std::string_view file_name, const std::string& reason, const std::string& text);
+  /// `commit` is the one the marker named, if any, for the history.
+  Next reject(std::string_view file_name, const std::string& reason, const std::string& text,
+              const std::string& commit = "");
   /// Logs a condition that blocks the target, once until it changes.
   void stuck(const std::string& why);
   void finish(const Outcome& outcome);
@@ -181,6 +183,8 @@ class DeployMachine {
   std::optional<CycleSchedule> schedule_;
   std::optional<HealthMonitor> monitor_;
   Clock::time_point next_probe_ = Clock::time_point::max();
+  Clock::time_point cycle_retry_at_{};  // a due cycle whose command failed waits until then
+  std::string cycle_failure_;           // how the cycle command last failed, logged once
   std::string waiting_for_;  // what note_waiting last showed
 };
 

@@ -14,8 +14,8 @@ namespace sentinel {
 
 /// How one deploy ended.
 struct Outcome {
-  std::string result;  // "deployed", "reverted", "failed", "rejected"
-  std::string commit;  // full SHA (may be empty for a rejected marker)
+  std::string result;  // "deployed", "reverted", "failed", "rejected", "recovered" (the monitor's restart)
+  std::string commit;  // full SHA (the marker's, as written, for "rejected"; may be empty)
   std::string reason;  // one sentence; empty for "deployed"
   std::string at;      // UTC, ISO 8601
 };

@@ -81,9 +81,24 @@ struct ScriptedWorld final : TargetActions {
     calls.push_back(state == IdleAnswer::State::idle ? "idle" : "busy");
     co_return IdleAnswer{state, state == IdleAnswer::State::idle ? "idle" : "busy"};
   }
+  int leases_held = 0;  // how many times permit_restart refuses before it grants
+  RestartPermit permit_restart(bool ignore_lease) override {
+    if (!ignore_lease && leases_held > 0) {
+      --leases_held;
+      calls.push_back("permit refused");
+      return {false, "lease 'cycle 1' held", nullptr};
+    }
+    return {};
+  }
+  std::deque<int> cycle_statuses;  // then 0
   asio::awaitable<RunResult> start_cycle() override {
     calls.push_back("cycle");
-    co_return exited(0);
+    int status = 0;
+    if (!cycle_statuses.empty()) {
+      status = cycle_statuses.front();
+      cycle_statuses.pop_front();
+    }
+    co_return exited(status);
   }
   asio::awaitable<HeadCommit> head() override { co_return HeadCommit{head_commit, {}}; }
   asio::awaitable<RunResult> reset_to(std::string commit) override {
@@ -622,4 +637,47 @@ TEST_CASE("a production that keeps going down is quarantined after max_recoverie
   CHECK(rig.world.count("restart 1111") == 2);
   CHECK(rig.last_result() == "failed");
   CHECK(rig.json_of(marker_file::failed).at("reason").as_string().find("flapping") != std::string::npos);
+}
+
+TEST_CASE("with on_max_wait = deploy a deploy that waited max_wait for a busy agent goes anyway") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kNext;
+  rig.target.idle = idle_config(1ms, 1h);
+  rig.target.idle->max_wait = 20ms;
+  rig.target.idle->on_max_wait = OnMaxWait::deploy;
+  rig.world.idle_answers.assign(100000, IdleAnswer::State::busy);
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.world.count("restart 3333") == 1 && rig.settled(); }));
+  CHECK(rig.last_result() == "deployed");
+}
+
+TEST_CASE("with on_max_wait = deploy a held lease still holds the restart off") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kNext;
+  rig.target.idle = idle_config(1ms, 1h);
+  rig.target.idle->max_wait = 1ms;
+  rig.target.idle->on_max_wait = OnMaxWait::deploy;
+  rig.world.idle_answers.assign(100000, IdleAnswer::State::busy);
+  rig.world.leases_held = 5;  // the permit is refused five times, then granted
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.world.count("restart 3333") == 1 && rig.settled(); }));
+  CHECK(rig.world.count("permit refused") == 5);
+  CHECK(find_call(rig.world.calls, "permit refused", 0) < find_call(rig.world.calls, "restart 3333"));
+}
+
+TEST_CASE("a cycle whose command fails stays due and is tried again, then waits for the next interval") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kBad;
+  rig.world.broken = {kBad};
+  rig.target.cycle = cycle_every(1h);
+  rig.world.cycle_statuses = {22, 22};  // the agent's API answers 503 twice (curl -f exits 22)
+  rig.stage();  // a revert owes one cycle
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.world.count("cycle") == 3; }));
+  CHECK(rig.last_result() == "reverted");
 }
