@@ -130,7 +130,9 @@ void TargetProcesses::watch_lease_end(const LeaseView& view) {
     const auto left = view.lease.expires_at - std::chrono::system_clock::now();
     end->expiry.expires_after(std::chrono::duration_cast<Clock::duration>(left) + 1ms);
     end->expiry.async_wait([end](boost::system::error_code ec) {
-      if (!ec && end->wake) end->wake();
+      if (ec) return;
+      end->expires_at = {};  // re-armed by the next look if the lease still holds (a clock step)
+      if (end->wake) end->wake();
     });
   }
   const pid_t pid = view.lease.pid.value_or(0);
@@ -144,7 +146,11 @@ void TargetProcesses::watch_lease_end(const LeaseView& view) {
   ::fcntl(fd, F_SETFD, FD_CLOEXEC);
   end->holder.assign(fd);
   end->holder.async_wait(asio::posix::stream_descriptor::wait_read, [end, pid](boost::system::error_code ec) {
-    if (!ec && end->holder_pid == pid && end->wake) end->wake();
+    if (ec || end->holder_pid != pid) return;
+    end->holder_pid = 0;
+    boost::system::error_code ignored;
+    end->holder.close(ignored);
+    if (end->wake) end->wake();
   });
 }
 
@@ -175,7 +181,8 @@ asio::awaitable<RunResult> TargetProcesses::restart(std::function<void()> on_sta
 }
 
 asio::awaitable<RunResult> TargetProcesses::build() {
-  co_return co_await run_command(spec_for(*target_.build, "build"));
+  RunSpec spec = spec_for(*target_.build, "build");
+  co_return co_await run_command(std::move(spec));
 }
 
 asio::awaitable<ProbeResult> TargetProcesses::probe() {
@@ -185,7 +192,8 @@ asio::awaitable<ProbeResult> TargetProcesses::probe() {
     if (!url) co_return ProbeResult{false, "health url " + health.url + " is not a plain http:// URL"};
     co_return co_await probe_http(*url, health.timeout);
   }
-  RunResult r = co_await run_command(check_spec(health.command, health.timeout, 1));
+  RunSpec spec = check_spec(health.command, health.timeout, 1);  // named: g++ 12 and temporaries in co_await
+  RunResult r = co_await run_command(std::move(spec));
   if (r.ok()) co_return ProbeResult{true, "health command exited 0"};
   co_return ProbeResult{false, "health command " + r.describe() + (r.tail.empty() ? "" : ": " + r.tail.back())};
 }
@@ -195,7 +203,8 @@ asio::awaitable<IdleAnswer> TargetProcesses::idle() {
   std::vector<IdleAnswer> answers;
   if (!idle.lease_file.empty()) answers.push_back(lease_answer());
   if (!idle.command.empty()) {
-    RunResult r = co_await run_command(check_spec(idle.command, idle.timeout, 0));
+    RunSpec spec = check_spec(idle.command, idle.timeout, 0);
+    RunResult r = co_await run_command(std::move(spec));
     answers.push_back(idle_answer_from_exit(r.end == RunResult::End::exited, r.code, r.describe()));
   }
   if (idle.http) {
@@ -235,7 +244,7 @@ RestartPermit TargetProcesses::permit_restart(bool ignore_lease) {
     // Without the lock a hold could slip in unseen. A dead service has no cycle to protect; a
     // deploy waits, which is safe, until the lock file can be used.
     if (ignore_lease) return {};
-    return {false, "cannot lock " + file.string() + ".lock: " + ec.message(), nullptr};
+    return {false, lease_lock_problem(lease_lock_file(file), ec), nullptr};
   }
   if (!lock) return {false, "a hold is being recorded right now", nullptr};
   if (!ignore_lease) {
@@ -245,7 +254,8 @@ RestartPermit TargetProcesses::permit_restart(bool ignore_lease) {
 }
 
 asio::awaitable<RunResult> TargetProcesses::start_cycle() {
-  co_return co_await run_command(spec_for(target_.cycle->command, "cycle"));
+  RunSpec spec = spec_for(target_.cycle->command, "cycle");
+  co_return co_await run_command(std::move(spec));
 }
 
 asio::awaitable<HeadCommit> TargetProcesses::head() { co_return co_await git_head(target_.checkout); }
@@ -267,6 +277,13 @@ struct DeployMachine::Deploy {
   Clock::time_point started = Clock::now();
   Marker marker;
   RestartPermit permit;  // held from the end of the idle gate until "restarting" is recorded
+  bool recovery = false;  // a revert of a down production, not of a deploy
+
+  /// "deploy of 3f2c1a9e0b4d" or "recovery of production on 3f2c1a9e0b4d", for messages.
+  std::string subject() const {
+    if (!recovery) return "deploy of " + short_sha(commit);
+    return "recovery of production" + (commit.empty() ? std::string() : " on " + short_sha(commit));
+  }
 };
 
 DeployMachine::DeployMachine(const TargetConfig& target, const StateStore& store, TargetActions& actions,
@@ -311,7 +328,8 @@ void DeployMachine::write_record(const Deploy& deploy, bool durable) {
                    {"updated_at", now_utc()},
                    {"marker", deploy.marker.text},
                    {"staged_by", deploy.marker.staged_by},
-                   {"message", deploy.marker.message}};
+                   {"message", deploy.marker.message},
+                   {"recovery", deploy.recovery}};
   const fs::path file = target_.marker_dir / marker_file::in_progress;
   if (auto ec = write_file_atomic(file, json::serialize(doc) + "\n", durable)) {
     spdlog::error("{}: cannot update the deploy record {}: {}", target_.name, file.string(), ec.message());
@@ -495,6 +513,7 @@ asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) 
       deploy.marker.commit = text("marker_commit");
       deploy.marker.staged_by = text("staged_by");
       deploy.marker.message = text("message");
+      deploy.recovery = obj.contains("recovery") && obj.at("recovery").is_bool() && obj.at("recovery").as_bool();
       spdlog::warn("{}: found the deploy of {} that pid {} left in phase {}{}", target_.name, short_sha(deploy.commit),
                    obj.contains("pid") ? json::serialize(obj.at("pid")) : "?", deploy.resumed_phase,
                    text("boot_id") == boot_id() ? "" : " before a reboot");
@@ -580,7 +599,7 @@ asio::awaitable<void> DeployMachine::wait_until_idle(Deploy& deploy) {
     facts.production_down = monitor_ && monitor_->down();
     if (Decision d = decide(facts); d.action == Decision::Action::deploy_now) {
       spdlog::warn("{}: {}", target_.name, d.why);
-      deploy.permit = actions_.permit_restart(true);
+      deploy.permit = co_await permit_without_lease();
       break;
     }
     IdleAnswer answer = co_await actions_.idle();
@@ -623,9 +642,27 @@ asio::awaitable<void> DeployMachine::wait_until_idle(Deploy& deploy) {
   }
 }
 
+asio::awaitable<RestartPermit> DeployMachine::permit_without_lease() {
+  // A hold being recorded right now is done within milliseconds: wait for it, so that it either
+  // came first or sees "restarting" and is refused. A lock held longer than 2 s is not a hold.
+  for (int tries = 0;; ++tries) {
+    RestartPermit permit = actions_.permit_restart(true);
+    if (permit.granted || tries == 200) co_return permit;
+    co_await sleep_for(10ms);
+  }
+}
+
 asio::awaitable<void> DeployMachine::wait_for_permit(Deploy& deploy) {
   std::string last;
   for (;;) {
+    // A production left down by the interrupted restart has no cycle to protect.
+    if (monitor_ && Clock::now() >= next_probe_) co_await monitor_probe();
+    if (monitor_ && monitor_->down()) {
+      spdlog::warn("{}: production is down: restarting {} without waiting for the lease", target_.name,
+                   short_sha(deploy.commit));
+      deploy.permit = co_await permit_without_lease();
+      co_return;
+    }
     deploy.permit = actions_.permit_restart(false);
     if (deploy.permit.granted) co_return;
     if (deploy.permit.why != last) {
@@ -634,7 +671,7 @@ asio::awaitable<void> DeployMachine::wait_for_permit(Deploy& deploy) {
       last = deploy.permit.why;
     }
     const Duration pause = target_.idle ? target_.idle->interval : retry_after_;
-    co_await wait_for_poke(Clock::now() + pause);
+    co_await wait_for_poke(std::min(Clock::now() + pause, next_probe_));
   }
 }
 
@@ -695,15 +732,16 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::verify(const std::string&
 // ---- between deploys ------------------------------------------------------------------------
 
 void DeployMachine::note_waiting(const std::string& why) {
-  if (why == waiting_for_ && phase_ == Phase::watching) return;
   if (why != waiting_for_) spdlog::debug("{}: {}", target_.name, why);
   waiting_for_ = why;
-  enter(Phase::watching, "", why);
+  if (phase_ != Phase::watching || status_.detail != why) enter(Phase::watching, "", why);
 }
 
 DeployMachine::Clock::time_point DeployMachine::next_look() const {
+  const auto now = Clock::now();
   auto next = next_probe_;
-  if (schedule_) next = std::min(next, schedule_->due(Clock::now()) ? cycle_retry_at_ : schedule_->next_due());
+  if (schedule_ && !schedule_->due(now)) next = std::min(next, schedule_->next_due());
+  if (schedule_ && schedule_->due(now) && cycle_retry_at_ > now) next = std::min(next, cycle_retry_at_);
   return next;
 }
 
@@ -837,12 +875,13 @@ asio::awaitable<void> DeployMachine::recover() {
   const std::string commit = head.error.empty() ? head.commit : "";
   // Nobody may hold a lease through a restart, recovery included: take the lock while the
   // phase is recorded, but do not wait for a lease (the agent died with the service).
-  RestartPermit permit = actions_.permit_restart(true);
+  RestartPermit permit = co_await permit_without_lease();
   enter(Phase::restarting, commit, "recovering: " + down);
   permit = {};
   spdlog::warn("{}: {}; restarting it without waiting for idle: a dead service has no cycle to protect", target_.name,
                down);
-  RunResult r = co_await actions_.restart([] {});
+  std::function<void()> nothing_to_record = [] {};
+  RunResult r = co_await actions_.restart(std::move(nothing_to_record));
   Verdict verdict;
   if (r.ok()) {
     verdict = co_await verify(commit);
@@ -860,6 +899,7 @@ asio::awaitable<void> DeployMachine::recover() {
   }
   // The restart did not help: the code may be what is broken. Go back to the last known-good.
   Deploy deploy;
+  deploy.recovery = true;
   deploy.commit = commit;
   deploy.previous_known_good = status_.last_known_good.empty() ? fallback_commit_ : status_.last_known_good;
   deploy.started_at = now_utc();
@@ -886,6 +926,13 @@ void DeployMachine::give_up_recovering() {
 
 asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
   const std::string& resumed = deploy.resumed_phase;
+  if (is_revert_phase(resumed) || resumed == "verifying") {
+    // Production may be replaced again from here on: record that under the lease lock first, so
+    // that a hold from now on is refused (one taken while no sentinel ran was too early to see it).
+    RestartPermit permit = co_await permit_without_lease();
+    enter(resumed == "verifying" ? Phase::verifying : Phase::reverting, deploy.commit,
+          "resuming after the sentinel stopped");
+  }
   if (is_revert_phase(resumed)) {
     spdlog::warn("{}: the sentinel stopped while reverting {} to {}; redoing the whole revert", target_.name,
                  short_sha(deploy.commit), short_sha(deploy.previous_known_good));
@@ -907,6 +954,12 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
                    "once more",
                    target_.name, short_sha(deploy.commit));
       co_await wait_for_permit(deploy);
+      HeadCommit head = co_await actions_.head();
+      if (head.error.empty() && head.commit != deploy.commit) {
+        spdlog::warn("{}: HEAD moved from {} to {} since the interrupted restart; restarting on {}", target_.name,
+                     short_sha(deploy.commit), short_sha(head.commit), short_sha(head.commit));
+        deploy.commit = head.commit;
+      }
     } else if (target_.idle) {
       co_await wait_until_idle(deploy);
       // The agent may have committed while we waited (without a wait HEAD was read just now).
@@ -961,19 +1014,19 @@ asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
     }
     std::error_code ignored;
     fs::remove(target_.marker_dir / marker_file::in_progress, ignored);
-    spdlog::critical("{}: deploy of {} failed ({}) and the revert failed too: {}; deploys of this target stop until "
+    spdlog::critical("{}: {} failed ({}) and the revert failed too: {}; deploys of this target stop until "
                      "an operator removes {}",
-                     target_.name, short_sha(deploy.commit), failure.reason, why, file.string());
+                     target_.name, deploy.subject(), failure.reason, why, file.string());
     finish(Outcome{"failed", deploy.commit, failure.reason + "; revert failed: " + why, now_utc()});
     enter(Phase::quarantined, deploy.commit, why);
   };
 
   if (target.empty()) {
-    spdlog::error("{}: deploy of {} failed: {}", target_.name, short_sha(deploy.commit), failure.reason);
+    spdlog::error("{}: {} failed: {}", target_.name, deploy.subject(), failure.reason);
     give_up("no known-good commit exists to revert to");
     co_return;
   }
-  spdlog::warn("{}: deploy of {} failed: {}; reverting to {}", target_.name, short_sha(deploy.commit), failure.reason,
+  spdlog::warn("{}: {} failed: {}; reverting to {}", target_.name, deploy.subject(), failure.reason,
                short_sha(target));
   const auto revert_started = Clock::now();
   deploy.record_phase = "reverting";
@@ -992,8 +1045,9 @@ asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
     // Staged during the failed deploy, on top of the commit the reset just took away.
     const MarkerCheck staged = read_marker(target_.marker_dir / marker_file::ready);
     reject(marker_file::ready,
-           "staged while " + deploy.commit + " was being deployed; that deploy failed and the checkout was reset to " +
-               target + ", so stage again once your change is committed on top of it",
+           (deploy.recovery ? "staged while production was down and being recovered"
+                            : "staged while " + deploy.commit + " was being deployed; that deploy failed") +
+               " and the checkout was reset to " + target + ", so stage again once your change is committed on top of it",
            staged.marker.text, staged.marker.commit);
   }
   if (target_.build) {

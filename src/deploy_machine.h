@@ -143,6 +143,8 @@ class DeployMachine {
   boost::asio::awaitable<void> recover();
   void give_up_recovering();
   boost::asio::awaitable<void> start_cycle();
+  /// The lease lock for a restart that does not wait for the lease (recovery of a down production).
+  boost::asio::awaitable<RestartPermit> permit_without_lease();
   /// Waits until no lease holds the restart off (a resumed restart skips the rest of the gate).
   boost::asio::awaitable<void> wait_for_permit(Deploy& deploy);
   boost::asio::awaitable<Next> next_deploy(Deploy& deploy);

@@ -98,7 +98,9 @@ int open_lock_file(const fs::path& lock, std::error_code& ec) {
   return -1;
 }
 
-std::string lock_problem(const fs::path& lock, const std::error_code& ec) {
+}  // namespace
+
+std::string lease_lock_problem(const fs::path& lock, const std::error_code& ec) {
   if (ec == std::errc::invalid_argument) {
     return lock.string() + " is not a regular file (a symlink, a directory, ...): remove it; `hold` and the sentinel "
                            "recreate it";
@@ -108,8 +110,6 @@ std::string lock_problem(const fs::path& lock, const std::error_code& ec) {
          ", that of idle.lease_file, must exist and be writable by the users who run `deploy-sentinel hold` "
          "and the sentinel)";
 }
-
-}  // namespace
 
 std::optional<unsigned long long> process_start_time(pid_t pid) {
   if (pid <= 0) return std::nullopt;
@@ -270,7 +270,7 @@ LeaseLock LeaseLock::acquire(const fs::path& lease_file) {
   const fs::path lock = lease_lock_file(lease_file);
   std::error_code ec;
   int fd = open_lock_file(lock, ec);
-  if (fd < 0) throw StartupError(lock_problem(lock, ec));
+  if (fd < 0) throw StartupError(lease_lock_problem(lock, ec));
   while (::flock(fd, LOCK_EX) != 0) {
     if (errno == EINTR) continue;
     ec = last_error();

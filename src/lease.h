@@ -58,6 +58,9 @@ std::optional<unsigned long long> process_start_time(pid_t pid);
 /// anything else, including impossible dates such as February 30.
 std::optional<std::chrono::system_clock::time_point> parse_utc(std::string_view text);
 
+/// What is wrong with lease lock file `lock` that could not be opened (`ec`), and the fix.
+std::string lease_lock_problem(const std::filesystem::path& lock, const std::error_code& ec);
+
 /// The lock file that serialises `hold` and the daemon: `lease_file` + ".lock", in the same directory.
 std::filesystem::path lease_lock_file(const std::filesystem::path& lease_file);
 

@@ -681,3 +681,17 @@ TEST_CASE("a cycle whose command fails stays due and is tried again, then waits 
   REQUIRE(rig.run_until([&] { return rig.world.count("cycle") == 3; }));
   CHECK(rig.last_result() == "reverted");
 }
+
+TEST_CASE("a due cycle held off by a busy agent waits the idle interval before asking again, not a tight loop") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.target.idle = idle_config(1h, 1h);
+  rig.world.idle_answers.assign(100, IdleAnswer::State::busy);
+  rig.target.cycle = cycle_every(1ms);
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.world.count("busy") >= 1; }));
+  for (int i = 0; i < 50; ++i) rig.ctx.run_one_for(1ms);  // 50 ms in which nothing is due
+  CHECK(rig.world.count("busy") == 1);
+  CHECK(rig.world.count("probe ok") == 1);
+  CHECK(rig.world.count("cycle") == 0);
+}
