@@ -44,7 +44,8 @@ constexpr std::array kSentinelKeys{"state_dir"sv, "log_level"sv};
 constexpr std::array kTargetKeys{"name"sv,   "marker_dir"sv, "checkout"sv, "restart"sv, "build"sv,
                                  "health"sv, "idle"sv,       "cycle"sv,    "monitor"sv};
 constexpr std::array kCommandSpecKeys{"command"sv, "timeout"sv, "kill_grace"sv};
-constexpr std::array kHealthKeys{"url"sv,      "command"sv,   "timeout"sv, "grace"sv,
+constexpr std::array kConfirmKeys{"pointer"sv, "equals"sv};
+constexpr std::array kHealthKeys{"confirm"sv,  "url"sv,      "command"sv,   "timeout"sv, "grace"sv,
                                  "interval"sv, "successes"sv, "deadline"sv};
 constexpr std::array kIdleKeys{"command"sv, "http"sv,     "lease_file"sv, "interval"sv,
                                "quiet"sv,   "timeout"sv,  "max_wait"sv,   "on_max_wait"sv};
@@ -431,6 +432,63 @@ CommandSpec read_command_spec(const TableReader& table, Duration default_timeout
   return spec;
 }
 
+/// A JSON pointer as RFC 6901 writes it: empty, or "/" followed by tokens where "~" is only
+/// followed by 0 or 1.
+bool is_json_pointer(std::string_view pointer) {
+  if (!pointer.empty() && pointer.front() != '/') return false;
+  for (std::size_t i = 0; i < pointer.size(); ++i) {
+    if (pointer[i] == '~' && (i + 1 == pointer.size() || (pointer[i + 1] != '0' && pointer[i + 1] != '1'))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+/// True when `url` (valid) names this host: localhost, 127.0.0.0/8 or ::1, where the listening
+/// process can be seen.
+bool names_local_host(std::string_view url) {
+  std::string_view rest = url.substr(std::string_view("http://").size());
+  rest = rest.substr(0, rest.find_first_of("/?#"));
+  std::string_view host = rest;
+  if (host.starts_with('[')) {
+    host = host.substr(1, host.find(']') - 1);
+    return host == "::1";
+  }
+  host = host.substr(0, host.find(':'));
+  return host == "localhost" || host.starts_with("127.");
+}
+
+ConfirmConfig read_confirm(const TableReader& table, const HealthConfig& health) {
+  constexpr std::string_view kExpected =
+      R"(expected "listener", "none" or { pointer = "/version", equals = "{commit}" })";
+  ConfirmConfig confirm;
+  const toml::node* node = table.find("confirm");
+  if (node == nullptr) {
+    if (!health.url.empty() && names_local_host(health.url)) confirm.kind = ConfirmConfig::Kind::listener;
+    return confirm;
+  }
+  if (node->is_table()) {
+    const TableReader fields = *table.table("confirm", kConfirmKeys);
+    confirm.kind = ConfirmConfig::Kind::pointer;
+    confirm.pointer = fields.required_string("pointer");
+    confirm.equals = fields.required_string("equals");
+    if (!is_json_pointer(confirm.pointer) || confirm.pointer.empty()) {
+      fields.fail("pointer", R"(expected a JSON pointer like "/version" (RFC 6901), got )" + in_quotes(confirm.pointer));
+    }
+    if (health.url.empty()) table.fail("confirm", "a pointer needs the health answer of a url, not a command");
+    return confirm;
+  }
+  const std::optional<std::string> text = table.string("confirm");
+  if (*text == "none") return confirm;
+  if (*text != "listener") table.fail("confirm", std::string(kExpected) + ", got " + in_quotes(*text));
+  if (health.url.empty()) table.fail("confirm", R"("listener" needs a url whose port the new process listens on)");
+  if (!names_local_host(health.url)) {
+    table.fail("confirm", R"("listener" can only see processes on this host: use a url on 127.0.0.1 or [::1])");
+  }
+  confirm.kind = ConfirmConfig::Kind::listener;
+  return confirm;
+}
+
 HealthConfig read_health(const TableReader& table) {
   HealthConfig health;
   const bool has_url = table.has("url");
@@ -456,19 +514,8 @@ HealthConfig read_health(const TableReader& table) {
   health.interval = table.duration("interval", ZeroDuration::rejected).value_or(health.interval);
   health.deadline = table.duration("deadline", ZeroDuration::rejected).value_or(health.deadline);
   health.successes = table.count("successes").value_or(health.successes);
+  health.confirm = read_confirm(table, health);
   return health;
-}
-
-/// A JSON pointer as RFC 6901 writes it: empty, or "/" followed by tokens where "~" is only
-/// followed by 0 or 1.
-bool is_json_pointer(std::string_view pointer) {
-  if (!pointer.empty() && pointer.front() != '/') return false;
-  for (std::size_t i = 0; i < pointer.size(); ++i) {
-    if (pointer[i] == '~' && (i + 1 == pointer.size() || (pointer[i + 1] != '0' && pointer[i + 1] != '1'))) {
-      return false;
-    }
-  }
-  return true;
 }
 
 IdleHttpConfig read_idle_http(const TableReader& table) {

@@ -42,6 +42,19 @@ struct CommandSpec {
   Duration kill_grace = 5s;
 };
 
+/// `[target.health] confirm`: how a healthy probe is known to come from the process the restart
+/// started, not from an old one that outlived it.
+struct ConfirmConfig {
+  enum class Kind {
+    none,      // any healthy answer counts
+    listener,  // the process listening on the URL's port must have started after the restart began
+    pointer,   // the health JSON's value at `pointer` must be `equals`, with {commit} the deployed commit
+  };
+  Kind kind = Kind::none;
+  std::string pointer;
+  std::string equals;
+};
+
 /// `[target.health]`: exactly one of `url` (HTTP GET, 2xx = healthy) or `command` (exit 0).
 struct HealthConfig {
   std::string url;                   // empty when `command` is used
@@ -51,6 +64,7 @@ struct HealthConfig {
   Duration interval = 1s;            // between probes
   int successes = 3;                 // consecutive healthy probes needed
   Duration deadline = 60s;           // from the end of the restart; not healthy by then = failed
+  ConfirmConfig confirm;             // default: listener when `url` names a local address, else none
 };
 
 /// `[target.idle.http]`: GET `url`, read the JSON answer, find the array at `pointer`; the agent

@@ -1,6 +1,7 @@
 #include "deploy_machine.h"
 
 #include "lease.h"
+#include "listener.h"
 #include "marker.h"
 
 #include <boost/asio/as_tuple.hpp>
@@ -38,6 +39,24 @@ Duration since(Clock::time_point t) { return std::chrono::duration_cast<Duration
 bool same_commit(const std::string& head, std::string named) {
   std::transform(named.begin(), named.end(), named.begin(), [](unsigned char c) { return std::tolower(c); });
   return head.starts_with(named);
+}
+
+/// Clock ticks since boot, on the clock that /proc/PID/stat start times count in (CLOCK_BOOTTIME).
+unsigned long long boot_ticks_now() {
+  static const long hz = ::sysconf(_SC_CLK_TCK);
+  timespec ts{};
+  ::clock_gettime(CLOCK_BOOTTIME, &ts);
+  return static_cast<unsigned long long>(ts.tv_sec) * hz + static_cast<unsigned long long>(ts.tv_nsec) / (1'000'000'000 / hz);
+}
+
+Duration ticks_to_duration(unsigned long long ticks) {
+  static const long hz = ::sysconf(_SC_CLK_TCK);
+  return Duration(static_cast<Duration::rep>(ticks * 1000 / hz));
+}
+
+/// "pid 4711 started 2026-11-25T14:05:00Z", for logs and the history.
+std::string describe_process(const ListeningProcess& p) {
+  return "pid " + std::to_string(p.pid) + " (" + p.name + ") started " + format_utc(process_started_at(p.start_ticks));
 }
 
 /// This boot's id, to tell a record left by a crash from one left by a reboot.
@@ -189,13 +208,13 @@ asio::awaitable<ProbeResult> TargetProcesses::probe() {
   const HealthConfig& health = target_.health;
   if (!health.url.empty()) {
     auto url = parse_http_url(health.url);
-    if (!url) co_return ProbeResult{false, "health url " + health.url + " is not a plain http:// URL"};
+    if (!url) co_return ProbeResult{false, "health url " + health.url + " is not a plain http:// URL", {}};
     co_return co_await probe_http(*url, health.timeout);
   }
   RunSpec spec = check_spec(health.command, health.timeout, 1);  // named: g++ 12 and temporaries in co_await
   RunResult r = co_await run_command(std::move(spec));
-  if (r.ok()) co_return ProbeResult{true, "health command exited 0"};
-  co_return ProbeResult{false, "health command " + r.describe() + (r.tail.empty() ? "" : ": " + r.tail.back())};
+  if (r.ok()) co_return ProbeResult{true, "health command exited 0", {}};
+  co_return ProbeResult{false, "health command " + r.describe() + (r.tail.empty() ? "" : ": " + r.tail.back()), {}};
 }
 
 asio::awaitable<IdleAnswer> TargetProcesses::idle() {
@@ -253,6 +272,8 @@ RestartPermit TargetProcesses::permit_restart(bool ignore_lease) {
   return {true, {}, std::make_shared<LeaseLock>(std::move(*lock))};
 }
 
+Listeners TargetProcesses::listeners(std::uint16_t port) { return find_listeners(port); }
+
 asio::awaitable<RunResult> TargetProcesses::start_cycle() {
   RunSpec spec = spec_for(target_.cycle->command, "cycle");
   co_return co_await run_command(std::move(spec));
@@ -278,6 +299,7 @@ struct DeployMachine::Deploy {
   Marker marker;
   RestartPermit permit;  // held from the end of the idle gate until "restarting" is recorded
   bool recovery = false;  // a revert of a down production, not of a deploy
+  unsigned long long restart_began = 0;  // clock ticks since boot when the last restart began; 0 = unknown
 
   /// "deploy of 3f2c1a9e0b4d" or "recovery of production on 3f2c1a9e0b4d", for messages.
   std::string subject() const {
@@ -329,7 +351,8 @@ void DeployMachine::write_record(const Deploy& deploy, bool durable) {
                    {"marker", deploy.marker.text},
                    {"staged_by", deploy.marker.staged_by},
                    {"message", deploy.marker.message},
-                   {"recovery", deploy.recovery}};
+                   {"recovery", deploy.recovery},
+                   {"restart_began_ticks", deploy.restart_began}};
   const fs::path file = target_.marker_dir / marker_file::in_progress;
   if (auto ec = write_file_atomic(file, json::serialize(doc) + "\n", durable)) {
     spdlog::error("{}: cannot update the deploy record {}: {}", target_.name, file.string(), ec.message());
@@ -342,7 +365,7 @@ DeployMachine::Next DeployMachine::reject(std::string_view file_name, const std:
     spdlog::error("{}: while refusing a marker in {}: {}", target_.name, target_.marker_dir.string(), ec.message());
   }
   spdlog::warn("{}: refused the staged deploy: {} (moved to {})", target_.name, reason, marker_file::rejected_marker);
-  finish(Outcome{"rejected", commit, reason, now_utc()});
+  finish(Outcome{"rejected", commit, reason, now_utc(), {}});
   if (!exists(file_name)) return Next::refused;
   // Still there: looking again at once would refuse it again, forever.
   stuck("cannot move the refused marker aside in " + target_.marker_dir.string());
@@ -386,6 +409,8 @@ asio::awaitable<void> DeployMachine::wait_for_poke(Clock::time_point until) {
 asio::awaitable<void> DeployMachine::start_up() {
   enter(Phase::starting, "", "");
   status_.last_known_good = store_.known_good(target_.name);
+  if (auto url = parse_http_url(target_.health.url)) confirm_port_ = url->port;
+  status_.confirm = confirm_description();
   if (auto previous = store_.read_status(target_.name)) status_.last_outcome = previous->last_outcome;
   if (status_.last_known_good.empty()) co_await adopt_running_commit();
   const auto now = Clock::now();
@@ -514,6 +539,11 @@ asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) 
       deploy.marker.staged_by = text("staged_by");
       deploy.marker.message = text("message");
       deploy.recovery = obj.contains("recovery") && obj.at("recovery").is_bool() && obj.at("recovery").as_bool();
+      // Ticks since boot mean nothing after a reboot (and every process is new then anyway).
+      if (auto it = obj.find("restart_began_ticks"); it != obj.end() && text("boot_id") == boot_id()) {
+        if (auto ticks = it->value().if_uint64()) deploy.restart_began = *ticks;
+        if (auto ticks = it->value().if_int64(); ticks && *ticks > 0) deploy.restart_began = static_cast<unsigned long long>(*ticks);
+      }
       spdlog::warn("{}: found the deploy of {} that pid {} left in phase {}{}", target_.name, short_sha(deploy.commit),
                    obj.contains("pid") ? json::serialize(obj.at("pid")) : "?", deploy.resumed_phase,
                    text("boot_id") == boot_id() ? "" : " before a reboot");
@@ -687,6 +717,8 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::restart_and_verify(Deploy
   spdlog::info("{}: restarting production on {}", target_.name, short_sha(commit));
   // The record goes durable once the restart has started: fsync costs more than the spawn, and
   // the worst a power cut before it can do is one extra restart after the reboot.
+  deploy.restart_began = boot_ticks_now();
+  write_record(deploy, false);
   RunResult r = co_await actions_.restart([&] { make_durable(record); });
   if (!r.ok()) {
     spdlog::warn("{}: restart command {} after {}", target_.name, r.describe(), format_duration(r.elapsed));
@@ -697,13 +729,15 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::restart_and_verify(Deploy
   deploy.record_phase = reverting ? "verifying-reverted" : "verifying";
   write_record(deploy, false);
   spdlog::info("{}: restart command finished in {}; verifying health", target_.name, format_duration(r.elapsed));
-  Verdict v = co_await verify(commit);
+  Verdict v = co_await verify(commit, deploy.restart_began);
   v.output = r.tail;
   co_return v;
 }
 
-asio::awaitable<DeployMachine::Verdict> DeployMachine::verify(const std::string& commit) {
+asio::awaitable<DeployMachine::Verdict> DeployMachine::verify(const std::string& commit,
+                                                              unsigned long long restart_began) {
   const HealthConfig& health = target_.health;
+  confirmed_.clear();
   const auto started = Clock::now();
   const auto deadline = started + health.deadline;
   enter(Phase::verifying, commit, "grace " + format_duration(health.grace));
@@ -713,10 +747,17 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::verify(const std::string&
   for (int probes = 1;; ++probes) {
     const auto probe_started = Clock::now();
     probe = co_await actions_.probe();
+    if (probe.healthy) {
+      if (std::optional<std::string> old = unconfirmed(probe, commit, restart_began)) {
+        probe.healthy = false;
+        probe.reason = *old;
+      }
+    }
     streak = probe.healthy ? streak + 1 : 0;
     spdlog::debug("{}: probe {}: {} ({}/{} in a row)", target_.name, probes, probe.reason, streak, health.successes);
     if (streak >= health.successes) {
-      spdlog::info("{}: healthy: {} probes in a row after {}", target_.name, streak, format_duration(since(started)));
+      spdlog::info("{}: healthy: {} probes in a row after {}{}", target_.name, streak, format_duration(since(started)),
+                   confirmed_.empty() ? "" : "; answered by the new process, " + confirmed_);
       co_return Verdict{true, {}, {}};
     }
     enter(Phase::verifying, commit,
@@ -727,6 +768,67 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::verify(const std::string&
   }
   co_return Verdict{false, "not healthy within " + format_duration(health.deadline) + " (last probe: " + probe.reason + ")",
                     {}};
+}
+
+std::string DeployMachine::confirm_description() const {
+  const ConfirmConfig& confirm = target_.health.confirm;
+  switch (confirm.kind) {
+    case ConfirmConfig::Kind::none:
+      return "none (any healthy answer counts)";
+    case ConfirmConfig::Kind::pointer:
+      return confirm.pointer + " must be " + confirm.equals;
+    case ConfirmConfig::Kind::listener:
+      break;
+  }
+  if (!confirm_fallback_.empty()) return "none: " + confirm_fallback_;
+  return "listener (the process on port " + std::to_string(confirm_port_) + " must be new)";
+}
+
+void DeployMachine::fall_back_to_no_confirmation(const std::string& why) {
+  confirm_fallback_ = why;
+  spdlog::warn("{}: {}; healthy answers are taken as they come from now on (confirm = \"none\")", target_.name, why);
+  status_.confirm = confirm_description();
+}
+
+std::optional<std::string> DeployMachine::unconfirmed(const ProbeResult& probe, const std::string& commit,
+                                                      unsigned long long restart_began) {
+  const ConfirmConfig& confirm = target_.health.confirm;
+  if (confirm.kind == ConfirmConfig::Kind::pointer) {
+    return confirm_mismatch(probe.body, confirm.pointer, confirm.equals, commit);
+  }
+  if (confirm.kind != ConfirmConfig::Kind::listener || !confirm_fallback_.empty() || restart_began == 0) {
+    return std::nullopt;
+  }
+  const std::string port = std::to_string(confirm_port_);
+  Listeners now = actions_.listeners(confirm_port_);
+  switch (now.result) {
+    case Listeners::Result::nobody:
+      return "nobody listens on port " + port + " any more";
+    case Listeners::Result::hidden:
+      fall_back_to_no_confirmation("cannot see which process listens on port " + port + ": " + now.error);
+      return std::nullopt;
+    case Listeners::Result::error:
+      fall_back_to_no_confirmation("cannot ask the kernel who listens on port " + port + ": " + now.error);
+      return std::nullopt;
+    case Listeners::Result::found:
+      break;
+  }
+  for (const ListeningProcess& owner : now.owners) {
+    if (owner.start_ticks >= restart_began) {
+      confirmed_ = describe_process(owner);
+      return std::nullopt;
+    }
+  }
+  const bool activated = std::all_of(now.owners.begin(), now.owners.end(), [](const auto& o) { return o.pid == 1; });
+  if (activated) {
+    fall_back_to_no_confirmation("port " + port + " is held by pid 1 (socket activation), so the old and the new "
+                                 "process cannot be told apart by the listener");
+    return std::nullopt;
+  }
+  const ListeningProcess& old = now.owners.front();
+  return "port " + port + " is still served by pid " + std::to_string(old.pid) + " (" + old.name + "), started " +
+         format_duration(ticks_to_duration(restart_began - old.start_ticks)) +
+         " before the restart: the restart did not replace it";
 }
 
 // ---- between deploys ------------------------------------------------------------------------
@@ -848,11 +950,12 @@ asio::awaitable<void> DeployMachine::start_cycle() {
   const auto now = Clock::now();
   if (!r.ok()) {
     // Not started: the cycle stays due (and owed) and is tried again shortly.
-    cycle_retry_at_ = now + retry_after_;
+    // Tried again after the retry delay, or sooner when cycles are that frequent.
+    const Duration retry = std::min(retry_after_, target_.cycle->every);
+    cycle_retry_at_ = now + retry;
     if (r.describe() != cycle_failure_) {
       spdlog::warn("{}: the cycle command {}{}; trying again every {} while the cycle is due", target_.name,
-                   r.describe(), r.tail.empty() ? "" : " (" + one_line(r.tail.back()) + ")",
-                   format_duration(retry_after_));
+                   r.describe(), r.tail.empty() ? "" : " (" + one_line(r.tail.back()) + ")", format_duration(retry));
       cycle_failure_ = r.describe();
     }
     co_return;
@@ -881,10 +984,11 @@ asio::awaitable<void> DeployMachine::recover() {
   spdlog::warn("{}: {}; restarting it without waiting for idle: a dead service has no cycle to protect", target_.name,
                down);
   std::function<void()> nothing_to_record = [] {};
+  const unsigned long long began = boot_ticks_now();
   RunResult r = co_await actions_.restart(std::move(nothing_to_record));
   Verdict verdict;
   if (r.ok()) {
-    verdict = co_await verify(commit);
+    verdict = co_await verify(commit, began);
   } else {
     verdict = Verdict{false, "the restart command " + r.describe(), r.tail};
   }
@@ -893,7 +997,7 @@ asio::awaitable<void> DeployMachine::recover() {
     next_probe_ = Clock::now() + target_.monitor->interval;
     spdlog::info("{}: healthy again after {} (recovered by a restart)", target_.name,
                  format_duration(since(monitor_->failing_since())));
-    finish(Outcome{"recovered", commit, down, now_utc()});
+    finish(Outcome{"recovered", commit, down, now_utc(), confirmed_});
     if (target_.cycle && target_.cycle->after_recovery) schedule_->owe();
     co_return;
   }
@@ -920,7 +1024,7 @@ void DeployMachine::give_up_recovering() {
   }
   spdlog::critical("{}: {}; look at it, then remove {} to let the sentinel act again", target_.name, why,
                    file.string());
-  finish(Outcome{"failed", "", why, now_utc()});
+  finish(Outcome{"failed", "", why, now_utc(), {}});
   enter(Phase::quarantined, "", why);
 }
 
@@ -947,7 +1051,7 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
                  target_.name, short_sha(deploy.commit));
     deploy.record_phase = "verifying";
     write_record(deploy, false);
-    verdict = co_await verify(deploy.commit);
+    verdict = co_await verify(deploy.commit, deploy.restart_began);
   } else {
     if (resumed == "restarting") {
       spdlog::warn("{}: the sentinel stopped while restarting {}, so that restart's outcome is unknown: restarting "
@@ -994,7 +1098,7 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
   fs::remove(target_.marker_dir / marker_file::in_progress, ignored);
   if (monitor_) monitor_->reset();  // just verified healthy: earlier failed probes are history
   spdlog::info("{}: deployed {} in {}", target_.name, short_sha(deploy.commit), format_duration(since(deploy.started)));
-  finish(Outcome{"deployed", deploy.commit, "", now_utc()});
+  finish(Outcome{"deployed", deploy.commit, "", now_utc(), confirmed_});
 }
 
 asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
@@ -1017,7 +1121,7 @@ asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
     spdlog::critical("{}: {} failed ({}) and the revert failed too: {}; deploys of this target stop until "
                      "an operator removes {}",
                      target_.name, deploy.subject(), failure.reason, why, file.string());
-    finish(Outcome{"failed", deploy.commit, failure.reason + "; revert failed: " + why, now_utc()});
+    finish(Outcome{"failed", deploy.commit, failure.reason + "; revert failed: " + why, now_utc(), {}});
     enter(Phase::quarantined, deploy.commit, why);
   };
 
@@ -1081,7 +1185,7 @@ asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
   fs::remove(target_.marker_dir / marker_file::in_progress, ignored);
   spdlog::warn("{}: reverted {} to {} in {}: {}", target_.name, short_sha(deploy.commit), short_sha(target),
                format_duration(since(revert_started)), failure.reason);
-  finish(Outcome{"reverted", deploy.commit, failure.reason, now_utc()});
+  finish(Outcome{"reverted", deploy.commit, failure.reason, now_utc(), confirmed_});
   if (monitor_) monitor_->reset();
   // The agent should learn from .deploy-reverted: one cycle once production is healthy.
   if (schedule_ && target_.cycle->after_recovery) schedule_->owe();

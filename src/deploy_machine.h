@@ -7,6 +7,7 @@
 #include "git.h"
 #include "health_probe.h"
 #include "idle_gate.h"
+#include "listener.h"
 #include "state_store.h"
 #include "subprocess.h"
 
@@ -45,6 +46,10 @@ class TargetActions {
   /// Takes the lease lock and checks the lease; with `ignore_lease` (recovery of a dead
   /// service) only takes the lock. Targets without a lease always grant.
   virtual RestartPermit permit_restart(bool /*ignore_lease*/) { return {}; }
+  /// Who listens on TCP `port` now (for confirm = "listener").
+  virtual Listeners listeners(std::uint16_t /*port*/) {
+    return {Listeners::Result::error, {}, {}, "no way to see listeners here"};
+  }
   virtual boost::asio::awaitable<HeadCommit> head() = 0;
   virtual boost::asio::awaitable<RunResult> reset_to(std::string commit) = 0;
 };
@@ -63,6 +68,7 @@ class TargetProcesses final : public TargetActions {
   boost::asio::awaitable<IdleAnswer> idle() override;
   boost::asio::awaitable<RunResult> start_cycle() override;
   RestartPermit permit_restart(bool ignore_lease) override;
+  Listeners listeners(std::uint16_t port) override;
   boost::asio::awaitable<HeadCommit> head() override;
   boost::asio::awaitable<RunResult> reset_to(std::string commit) override;
 
@@ -152,7 +158,18 @@ class DeployMachine {
   boost::asio::awaitable<void> wait_until_idle(Deploy& deploy);
   /// Restarts production on the deploy's commit, or on its previous known-good when `reverting`.
   boost::asio::awaitable<Verdict> restart_and_verify(Deploy& deploy, bool reverting);
-  boost::asio::awaitable<Verdict> verify(const std::string& commit);
+  /// Probes until healthy `successes` times in a row or the deadline. With confirm, a healthy
+  /// answer counts only from the new process: one listening since `restart_began` (clock ticks
+  /// since boot; 0 = unknown, then any), or one reporting `commit`.
+  boost::asio::awaitable<Verdict> verify(const std::string& commit, unsigned long long restart_began);
+  /// Why a healthy answer does not come from the new process, or nullopt when it does (or cannot
+  /// be told); sets confirmed_ to the new process when it found one.
+  std::optional<std::string> unconfirmed(const ProbeResult& probe, const std::string& commit,
+                                         unsigned long long restart_began);
+  /// Stops confirming by listener for this target, saying why once.
+  void fall_back_to_no_confirmation(const std::string& why);
+  /// How healthy answers are confirmed, for `status`.
+  std::string confirm_description() const;
   boost::asio::awaitable<void> revert(Deploy& deploy, Verdict failure);
 
   /// Moves a refused marker aside and records why; `stuck` when it could not be moved.
@@ -188,6 +205,9 @@ class DeployMachine {
   Clock::time_point cycle_retry_at_{};  // a due cycle whose command failed waits until then
   std::string cycle_failure_;           // how the cycle command last failed, logged once
   std::string waiting_for_;  // what note_waiting last showed
+  std::uint16_t confirm_port_ = 0;
+  std::string confirm_fallback_;  // why confirm = "listener" was given up, once it was
+  std::string confirmed_;         // the new process the last verify confirmed, for the history
 };
 
 /// "waiting-idle" etc.

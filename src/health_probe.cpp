@@ -16,6 +16,7 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
+#include <boost/json.hpp>
 
 #include <algorithm>
 #include <cctype>
@@ -216,9 +217,29 @@ asio::awaitable<ProbeResult> probe_http(HttpUrl url, Duration timeout) {
   auto get = http_get(std::move(url), timeout, kProbeBodyLimit);
   HttpAnswer answer = co_await std::move(get);
   // An oversized body still carries a status worth reporting.
-  if (answer.status == 0) co_return ProbeResult{false, std::move(answer.reason)};
-  co_return ProbeResult{answer.status >= 200 && answer.status <= 299,
-                        "HTTP " + std::to_string(answer.status)};
+  if (answer.status == 0) co_return ProbeResult{false, std::move(answer.reason), {}};
+  co_return ProbeResult{answer.status >= 200 && answer.status <= 299, "HTTP " + std::to_string(answer.status),
+                        std::move(answer.body)};
+}
+
+std::optional<std::string> confirm_mismatch(std::string_view body, const std::string& pointer,
+                                            const std::string& equals, const std::string& commit) {
+  error_code ec;
+  const boost::json::value doc = boost::json::parse(body, ec);
+  if (ec) return "the health answer is not JSON (" + ec.message() + ")";
+  const boost::json::value* found = doc.find_pointer(pointer, ec);
+  if (found == nullptr) return pointer + " is missing from the health answer";
+  const std::string value = found->is_string() ? std::string(found->as_string()) : boost::json::serialize(*found);
+  std::string wanted = equals;
+  for (std::size_t at; (at = wanted.find("{commit}")) != std::string::npos;) wanted.replace(at, 8, commit);
+  if (value == wanted) return std::nullopt;
+  auto lower = [](std::string text) {
+    std::transform(text.begin(), text.end(), text.begin(), [](unsigned char c) { return std::tolower(c); });
+    return text;
+  };
+  if (equals == "{commit}" && value.size() >= 7 && lower(commit).starts_with(lower(value))) return std::nullopt;
+  std::string shown = value.size() > 80 ? value.substr(0, 80) + "..." : value;
+  return pointer + " is \"" + shown + "\", not " + (equals == "{commit}" ? commit.substr(0, 12) : wanted);
 }
 
 }  // namespace sentinel

@@ -45,7 +45,15 @@ boost::asio::awaitable<HttpAnswer> http_get(HttpUrl url, Duration timeout, std::
 struct ProbeResult {
   bool healthy = false;
   std::string reason;
+  std::string body;  // the HTTP answer's body (at most 64 KiB), for confirm = { pointer, equals }
 };
+
+/// For `confirm = { pointer, equals }`: nullopt when the JSON `body` holds `equals` at `pointer`
+/// (with "{commit}" in `equals` standing for `commit`; a value that is just "{commit}" also
+/// accepts a prefix of the commit of at least 7 characters), else why not, in a few words:
+/// "/version is \"1f3e2d4\", not 3f2c1a9…", "/version is missing", "the answer is not JSON".
+std::optional<std::string> confirm_mismatch(std::string_view body, const std::string& pointer,
+                                            const std::string& equals, const std::string& commit);
 
 /// GETs `url` with `http_get` and calls a 2xx answer healthy; a body over 64 KiB is not read
 /// but its status still counts. The whole probe ends within `timeout`; `url` is taken by

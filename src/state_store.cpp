@@ -22,11 +22,14 @@ namespace {
 constexpr const char* kLockName = "deploy-sentinel.lock";
 
 json::object outcome_json(const Outcome& o) {
-  return {{"result", o.result}, {"commit", o.commit}, {"reason", o.reason}, {"at", o.at}};
+  json::object doc{{"result", o.result}, {"commit", o.commit}, {"reason", o.reason}, {"at", o.at}};
+  if (!o.process.empty()) doc["process"] = o.process;
+  return doc;
 }
 
 Outcome outcome_from(const json::object& obj) {
-  return {string_field(obj, "result"), string_field(obj, "commit"), string_field(obj, "reason"), string_field(obj, "at")};
+  return {string_field(obj, "result"), string_field(obj, "commit"), string_field(obj, "reason"), string_field(obj, "at"),
+          string_field(obj, "process")};
 }
 
 }  // namespace
@@ -60,7 +63,7 @@ error_code StateStore::set_known_good(const std::string& target, const std::stri
 error_code StateStore::write_status(const std::string& target, const TargetStatus& s) const {
   json::object doc{{"name", target},       {"phase", s.phase},   {"since", s.since},
                    {"commit", s.commit},   {"detail", s.detail}, {"last_known_good", s.last_known_good},
-                   {"pid", ::getpid()}};
+                   {"confirm", s.confirm},  {"pid", ::getpid()}};
   doc["last_outcome"] = s.last_outcome ? json::value(outcome_json(*s.last_outcome)) : json::value(nullptr);
   return write_file_atomic(target_dir(target) / "status.json", json::serialize(doc) + "\n", false);
 }
@@ -78,6 +81,7 @@ std::optional<TargetStatus> StateStore::read_status(const std::string& target) c
   s.commit = string_field(obj, "commit");
   s.detail = string_field(obj, "detail");
   s.last_known_good = string_field(obj, "last_known_good");
+  s.confirm = string_field(obj, "confirm");
   if (auto it = obj.find("last_outcome"); it != obj.end() && it->value().is_object()) {
     s.last_outcome = outcome_from(it->value().as_object());
   }

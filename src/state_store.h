@@ -18,6 +18,7 @@ struct Outcome {
   std::string commit;  // full SHA (the marker's, as written, for "rejected"; may be empty)
   std::string reason;  // one sentence; empty for "deployed"
   std::string at;      // UTC, ISO 8601
+  std::string process; // the new process confirmed to answer ("pid 4711 started 2026-...Z"), if confirmed
 };
 
 /// What a target is doing now and why, as `status` shows it.
@@ -27,6 +28,7 @@ struct TargetStatus {
   std::string commit;            // the commit the phase is about, if any
   std::string detail;            // why, in a few words ("agent busy", "probe 2/3 healthy")
   std::string last_known_good;
+  std::string confirm;           // how a healthy answer is known to come from the new process
   std::optional<Outcome> last_outcome;
 };
 

@@ -39,6 +39,7 @@ struct ScriptedWorld final : TargetActions {
   std::vector<std::string> broken;
   std::deque<IdleAnswer::State> idle_answers;  // then idle forever
   std::deque<bool> probe_answers;              // overrides the broken list while non-empty
+  std::string body;                            // every probe's answer body
   std::deque<int> restart_statuses;  // then 0
   int reset_status = 0;
   std::function<void()> during_restart;
@@ -70,7 +71,7 @@ struct ScriptedWorld final : TargetActions {
       probe_answers.pop_front();
     }
     calls.push_back(healthy ? "probe ok" : "probe bad");
-    co_return ProbeResult{healthy, healthy ? "HTTP 200" : "HTTP 503"};
+    co_return ProbeResult{healthy, healthy ? "HTTP 200" : "HTTP 503", body};
   }
   asio::awaitable<IdleAnswer> idle() override {
     auto state = IdleAnswer::State::idle;
