@@ -99,12 +99,14 @@ json::object target_status(const StateStore& store, const TargetConfig& target, 
   obj["commit"] = status.commit;
   obj["detail"] = status.detail;
   obj["last_known_good"] = store.known_good(target.name);
+  obj["confirm"] = status.confirm;
   obj["staged"] = here(marker_file::ready);
   obj["in_progress"] = here(marker_file::in_progress);
   obj["quarantined"] = here(marker_file::failed);
   if (status.last_outcome) {
     const Outcome& o = *status.last_outcome;
-    obj["last_outcome"] = {{"result", o.result}, {"commit", o.commit}, {"reason", o.reason}, {"at", o.at}};
+    obj["last_outcome"] = {{"result", o.result}, {"commit", o.commit}, {"reason", o.reason}, {"at", o.at},
+                           {"process", o.process}};
   } else {
     obj["last_outcome"] = nullptr;
   }
@@ -141,7 +143,11 @@ int status(const std::string& config_path, bool as_json) {
                 << json::value_to<std::string>(o.at("at"));
       if (auto reason = json::value_to<std::string>(o.at("reason")); !reason.empty()) std::cout << ": " << reason;
       std::cout << "\n";
+      if (auto process = json::value_to<std::string>(o.at("process")); !process.empty()) {
+        std::cout << "  new process:     " << process << "\n";
+      }
     }
+    if (!str("confirm").empty()) std::cout << "  confirm: " << str("confirm") << "\n";
     if (t.at("staged").as_bool()) std::cout << "  a deploy is staged (" << marker_file::ready << ")\n";
     if (t.at("quarantined").as_bool()) {
       std::cout << "  QUARANTINED: read and remove " << marker_file::failed << " in the marker directory\n";

@@ -1097,8 +1097,9 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
   fs::remove(target_.marker_dir / marker_file::reverted, ignored);
   fs::remove(target_.marker_dir / marker_file::in_progress, ignored);
   if (monitor_) monitor_->reset();  // just verified healthy: earlier failed probes are history
-  spdlog::info("{}: deployed {} in {}", target_.name, short_sha(deploy.commit), format_duration(since(deploy.started)));
+  // Recorded before it is logged: whoever reads the log line finds the history written.
   finish(Outcome{"deployed", deploy.commit, "", now_utc(), confirmed_});
+  spdlog::info("{}: deployed {} in {}", target_.name, short_sha(deploy.commit), format_duration(since(deploy.started)));
 }
 
 asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
@@ -1183,9 +1184,9 @@ asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
   }
   std::error_code ignored;
   fs::remove(target_.marker_dir / marker_file::in_progress, ignored);
+  finish(Outcome{"reverted", deploy.commit, failure.reason, now_utc(), confirmed_});
   spdlog::warn("{}: reverted {} to {} in {}: {}", target_.name, short_sha(deploy.commit), short_sha(target),
                format_duration(since(revert_started)), failure.reason);
-  finish(Outcome{"reverted", deploy.commit, failure.reason, now_utc(), confirmed_});
   if (monitor_) monitor_->reset();
   // The agent should learn from .deploy-reverted: one cycle once production is healthy.
   if (schedule_ && target_.cycle->after_recovery) schedule_->owe();

@@ -750,3 +750,64 @@ TEST_CASE("a monitor has defaults for everything, and refuses counts below one")
 }
 
 }  // namespace sentinel
+
+namespace sentinel {
+
+TEST_CASE("confirm defaults to listener for a local health URL and to none otherwise") {
+  CHECK(parse(kMinimalTarget).targets.at(0).health.confirm.kind == ConfirmConfig::Kind::listener);
+  const std::string remote = R"(
+[[target]]
+name = "prod"
+marker_dir = "/srv/markers"
+checkout = "/srv/app"
+restart = { command = ["systemctl", "restart", "app"] }
+health = { url = "http://app.internal:6001/health" }
+)";
+  CHECK(parse(remote).targets.at(0).health.confirm.kind == ConfirmConfig::Kind::none);
+  const std::string by_command = R"(
+[[target]]
+name = "prod"
+marker_dir = "/srv/markers"
+checkout = "/srv/app"
+restart = { command = ["systemctl", "restart", "app"] }
+health = { command = ["check"] }
+)";
+  CHECK(parse(by_command).targets.at(0).health.confirm.kind == ConfirmConfig::Kind::none);
+}
+
+TEST_CASE("confirm can be none, listener, or a JSON pointer that must equal the commit") {
+  const std::string health = R"(
+[[target]]
+name = "prod"
+marker_dir = "/srv/markers"
+checkout = "/srv/app"
+restart = { command = ["systemctl", "restart", "app"] }
+[target.health]
+url = "http://127.0.0.1:6001/health"
+)";
+  CHECK(parse(health + "confirm = \"none\"\n").targets.at(0).health.confirm.kind == ConfirmConfig::Kind::none);
+  const auto pointer =
+      parse(health + R"(confirm = { pointer = "/version", equals = "{commit}" })" + "\n").targets.at(0).health.confirm;
+  CHECK(pointer.kind == ConfirmConfig::Kind::pointer);
+  CHECK(pointer.pointer == "/version");
+  CHECK(pointer.equals == "{commit}");
+  CHECK(error_in(health + "confirm = \"pid\"\n") ==
+        R"(/etc/ds.toml:8:11: target[1].health.confirm: expected "listener", "none" or { pointer = "/version", )"
+        R"(equals = "{commit}" }, got "pid")");
+}
+
+TEST_CASE("confirm = listener needs a URL on this host") {
+  const std::string remote = R"(
+[[target]]
+name = "prod"
+marker_dir = "/srv/markers"
+checkout = "/srv/app"
+restart = { command = ["systemctl", "restart", "app"] }
+[target.health]
+url = "http://app.internal:6001/health"
+confirm = "listener"
+)";
+  CHECK(error_in(remote).find("\"listener\" can only see processes on this host") != std::string::npos);
+}
+
+}  // namespace sentinel

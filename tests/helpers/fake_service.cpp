@@ -31,8 +31,9 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 constexpr const char* kUsage = R"(usage:
-  fake-service serve --port P [--mode M] [--state DIR]
+  fake-service serve --port P [--mode M] [--state DIR] [--version V]
       HTTP on 127.0.0.1:P: GET /health -> 200 "ok" or 503 "unhealthy", GET / -> mode and pid.
+      With --version, a healthy /health answers {"status":"ok","version":"V"}.
       Modes: healthy (default), unhealthy, slow:MS (sleep before binding), crash:N (exit 3
       after answering N health checks; at the first one if N is 0), flap (200/503 in turn).
       Exit 2 if the port cannot be bound, 0 on SIGTERM. Writes DIR/service.pid once listening.
@@ -40,7 +41,10 @@ constexpr const char* kUsage = R"(usage:
       Reads the mode from FILE (default ./service-mode; missing = healthy), stops the instance
       in DIR/service.pid and starts a detached `serve` (log: DIR/service.log), waits until it
       listens, appends "MODE PID" to DIR/restarts.log. Special modes: hang (ignores SIGTERM,
-      forks 2 children that do too, writes DIR/hang.pids, never exits), fail (exits 1).
+      forks 2 children that do too, writes DIR/hang.pids, never exits), fail (exits 1),
+      keep-old (a sloppy restart script: starts a new `serve` without stopping the old one, so
+      the new one cannot bind and exits 2, and exits 0 without checking). The service reports
+      the checkout's HEAD as its version; in mode stale-version it reports forty zeros.
   fake-service stop --state DIR
       Stops the instance in DIR/service.pid and any still starting for DIR (SIGTERM, then
       SIGKILL after 5 s). restart does the same before it starts a new one.
@@ -201,7 +205,7 @@ std::optional<std::pair<std::string, std::string>> read_request(int client) {
   return std::pair{head.substr(0, sp1), path.substr(0, path.find('?'))};
 }
 
-int serve(int port, const std::string& mode_text, const std::string& state_dir) {
+int serve(int port, const std::string& mode_text, const std::string& state_dir, const std::string& version) {
   auto mode = parse_mode(mode_text);
   if (!mode) fail(64, "unknown mode '" + mode_text + "'");
   struct sigaction sa {};
@@ -249,7 +253,8 @@ int serve(int port, const std::string& mode_text, const std::string& state_dir) 
     } else {
       bool healthy =
           mode->kind != Mode::unhealthy && !(mode->kind == Mode::flap && health_answers % 2 == 1);
-      respond(client, healthy ? 200 : 503, healthy ? "ok\n" : "unhealthy\n");
+      const std::string ok = version.empty() ? "ok\n" : R"({"status":"ok","version":")" + version + "\"}";
+      respond(client, healthy ? 200 : 503, healthy ? ok : "unhealthy\n");
       ++health_answers;
       if (mode->kind == Mode::crash && health_answers >= mode->arg) std::exit(3);
     }
@@ -290,7 +295,7 @@ bool accepts_connection(int port) {
 }
 
 /// Starts `serve` fully detached (its own session, reparented to init); returns its pid.
-pid_t start_detached(int port, const std::string& mode, const std::string& dir) {
+pid_t start_detached(int port, const std::string& mode, const std::string& dir, const std::string& version) {
   int pipe_fds[2];
   if (pipe2(pipe_fds, O_CLOEXEC) != 0) fail(1, "pipe: " + errno_text());
   std::fflush(nullptr);
@@ -307,9 +312,9 @@ pid_t start_detached(int port, const std::string& mode, const std::string& dir) 
     for (int fd : {0, 1, 2}) fcntl(fd, F_SETFD, 0);  // dup2(fd, fd) would keep FD_CLOEXEC
     close_range(3, ~0U, 0);  // fds our caller leaked to us must not live on in the service
     std::string port_text = std::to_string(port);
-    const char* argv[] = {"fake-service",    "serve",     "--port",
-                          port_text.c_str(), "--mode",    mode.c_str(),
-                          "--state",         dir.c_str(), nullptr};
+    const char* argv[] = {"fake-service", "serve",       "--port",    port_text.c_str(), "--mode",
+                          mode.c_str(),   "--state",     dir.c_str(), "--version",       version.c_str(),
+                          nullptr};
     execv("/proc/self/exe", const_cast<char* const*>(argv));
     std::fprintf(stderr, "fake-service: cannot exec /proc/self/exe: %s\n", errno_text().c_str());
     _exit(127);
@@ -342,6 +347,23 @@ std::string inherited_fds() {
   return fds;
 }
 
+void append_restart_record(const std::string& dir, const std::string& record) {
+  int fd = open((dir + "/restarts.log").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0 || write(fd, record.data(), record.size()) != static_cast<ssize_t>(record.size()))
+    fail(1, "cannot append to " + dir + "/restarts.log: " + errno_text());
+  close(fd);
+}
+
+/// The working directory's HEAD commit (the restart runs in the checkout), or "" outside a repository.
+std::string head_commit() {
+  std::FILE* git = popen("git rev-parse HEAD 2>/dev/null", "r");
+  if (git == nullptr) return "";
+  char line[64] = {};
+  std::string sha = std::fgets(line, sizeof line, git) ? std::string(line) : "";
+  pclose(git);
+  return sha.substr(0, sha.find_first_of("\r\n"));
+}
+
 int restart(int port, const std::string& dir, const std::string& mode_file) {
   const std::string fds = inherited_fds();
   std::ifstream in(mode_file);
@@ -354,10 +376,21 @@ int restart(int port, const std::string& dir, const std::string& mode_file) {
   write_file_atomic(dir + "/restart.fds", fds);
   if (mode == "hang") hang(dir);
   if (mode == "fail") fail(1, "cannot start: simulated failure");
+  std::string version = head_commit();
+  if (mode == "stale-version") {
+    mode = "healthy";
+    version = std::string(40, '0');
+  }
+  if (mode == "keep-old") {
+    pid_t pid = start_detached(port, "healthy", std::filesystem::absolute(dir), version);
+    append_restart_record(dir, "keep-old " + std::to_string(pid) + "\n");
+    std::printf("started pid %d (the old instance was not stopped)\n", pid);
+    return 0;
+  }
   if (!parse_mode(mode)) fail(1, "cannot start: unknown mode '" + mode + "' in " + mode_file);
 
   stop_instance(dir);
-  pid_t pid = start_detached(port, mode, std::filesystem::absolute(dir));
+  pid_t pid = start_detached(port, mode, std::filesystem::absolute(dir), version);
   if (!mode.starts_with("slow:")) {
     auto deadline = Clock::now() + 5s;
     while (!(read_pid(dir + "/service.pid") == pid && accepts_connection(port))) {
@@ -371,11 +404,7 @@ int restart(int port, const std::string& dir, const std::string& mode_file) {
       std::this_thread::sleep_for(5ms);
     }
   }
-  std::string record = mode + " " + std::to_string(pid) + "\n";
-  int fd = open((dir + "/restarts.log").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (fd < 0 || write(fd, record.data(), record.size()) != static_cast<ssize_t>(record.size()))
-    fail(1, "cannot append to " + dir + "/restarts.log: " + errno_text());
-  close(fd);
+  append_restart_record(dir, mode + " " + std::to_string(pid) + "\n");
   std::printf("restarted: pid %d, mode %s\n", pid, mode.c_str());
   return 0;
 }
@@ -396,9 +425,12 @@ int main(int argc, char** argv) {
     std::fputs(kUsage, args.empty() ? stderr : stdout);
     return args.empty() ? 64 : 0;
   }
-  std::string command = args[0], port, mode = "healthy", state, mode_file = "service-mode";
-  std::map<std::string, std::string*> options{
-      {"--port", &port}, {"--mode", &mode}, {"--state", &state}, {"--mode-file", &mode_file}};
+  std::string command = args[0], port, mode = "healthy", state, mode_file = "service-mode", version;
+  std::map<std::string, std::string*> options{{"--port", &port},
+                                              {"--mode", &mode},
+                                              {"--state", &state},
+                                              {"--mode-file", &mode_file},
+                                              {"--version", &version}};
   for (size_t i = 1; i < args.size(); i += 2) {
     auto option = options.find(args[i]);
     if (option == options.end()) fail(64, "unknown option " + args[i] + " (see --help)");
@@ -407,7 +439,7 @@ int main(int argc, char** argv) {
   }
   if (command == "serve") {
     if (port.empty()) fail(64, "serve needs --port");
-    return serve(parse_port(port), mode, state);
+    return serve(parse_port(port), mode, state, version);
   }
   if (command == "restart") {
     if (port.empty() || state.empty()) fail(64, "restart needs --port and --state");
