@@ -41,6 +41,9 @@ bool same_commit(const std::string& head, std::string named) {
   return head.starts_with(named);
 }
 
+/// The end of the reason a probe gives when an old process still answers.
+constexpr std::string_view kNotReplaced = "the restart did not replace it";
+
 /// Clock ticks since boot, on the clock that /proc/PID/stat start times count in (CLOCK_BOOTTIME).
 unsigned long long boot_ticks_now() {
   static const long hz = ::sysconf(_SC_CLK_TCK);
@@ -828,7 +831,7 @@ std::optional<std::string> DeployMachine::unconfirmed(const ProbeResult& probe, 
   const ListeningProcess& old = now.owners.front();
   return "port " + port + " is still served by pid " + std::to_string(old.pid) + " (" + old.name + "), started " +
          format_duration(ticks_to_duration(restart_began - old.start_ticks)) +
-         " before the restart: the restart did not replace it";
+         " before the restart: " + std::string(kNotReplaced);
 }
 
 // ---- between deploys ------------------------------------------------------------------------
@@ -1105,7 +1108,11 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
 asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
   const std::string& target = deploy.previous_known_good;
   std::vector<std::string> revert_output;  // the last lines of the revert step that failed
-  auto give_up = [&](const std::string& why) {
+  auto give_up = [&](std::string why) {
+    if (why.find(kNotReplaced) != std::string::npos) {
+      why += "; the old process outlived the revert's restart too, so look at the process and the restart "
+             "command, not at the code";
+    }
     json::object doc{{"failed_commit", deploy.commit},
                      {"reverted_to", target},
                      {"reason", failure.reason},

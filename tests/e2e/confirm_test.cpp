@@ -83,3 +83,15 @@ TEST_CASE("a service reporting /version: a stale version fails, the deployed com
   prod.stage_by_rename();
   REQUIRE(daemon.wait_for_line("deployed " + short_sha(fixed)) >= 0);
 }
+
+TEST_CASE("when the revert's restart leaves the old process serving too, .deploy-failed says to look at the process") {
+  Production prod;
+  prod.commit("keep-old");  // the known-good commit's own restart is sloppy too
+  auto& daemon = started(prod);
+  const std::string stale = prod.commit("keep-old");
+  prod.stage_by_rename();
+  REQUIRE(daemon.wait_for_line("the revert failed too", 20s) >= 0);
+  const std::string failed = read_file(prod.marker(".deploy-failed"));
+  CHECK(failed.find("still served by pid") != std::string::npos);
+  CHECK(failed.find("look at the process and the restart command, not at the code") != std::string::npos);
+}
