@@ -133,7 +133,7 @@ int status(const std::string& config_path, bool as_json) {
     std::cout << "\n" << str("name") << ": " << str("phase");
     if (!str("since").empty() && pid) std::cout << " since " << str("since");
     if (!str("commit").empty()) std::cout << " (" << str("commit").substr(0, 12) << ")";
-    if (!str("detail").empty()) std::cout << ": " << str("detail");
+    if (!str("detail").empty() && str("detail") != str("phase")) std::cout << ": " << str("detail");
     std::cout << "\n  last known-good: " << (str("last_known_good").empty() ? "none yet" : str("last_known_good"))
               << "\n";
     if (t.at("last_outcome").is_object()) {

@@ -752,62 +752,51 @@ TEST_CASE("a monitor has defaults for everything, and refuses counts below one")
 }  // namespace sentinel
 
 namespace sentinel {
+namespace {
 
-TEST_CASE("confirm defaults to listener for a local health URL and to none otherwise") {
-  CHECK(parse(kMinimalTarget).targets.at(0).health.confirm.kind == ConfirmConfig::Kind::listener);
-  const std::string remote = R"(
-[[target]]
-name = "prod"
-marker_dir = "/srv/markers"
-checkout = "/srv/app"
-restart = { command = ["systemctl", "restart", "app"] }
-health = { url = "http://app.internal:6001/health" }
-)";
-  CHECK(parse(remote).targets.at(0).health.confirm.kind == ConfirmConfig::Kind::none);
-  const std::string by_command = R"(
-[[target]]
-name = "prod"
-marker_dir = "/srv/markers"
-checkout = "/srv/app"
-restart = { command = ["systemctl", "restart", "app"] }
-health = { command = ["check"] }
-)";
-  CHECK(parse(by_command).targets.at(0).health.confirm.kind == ConfirmConfig::Kind::none);
-}
-
-TEST_CASE("confirm can be none, listener, or a JSON pointer that must equal the commit") {
-  const std::string health = R"(
+/// A target whose [target.health] table holds `health_lines` (written from line 7 on).
+std::string target_with_health(std::string_view health_lines) {
+  return R"(
 [[target]]
 name = "prod"
 marker_dir = "/srv/markers"
 checkout = "/srv/app"
 restart = { command = ["systemctl", "restart", "app"] }
 [target.health]
-url = "http://127.0.0.1:6001/health"
-)";
-  CHECK(parse(health + "confirm = \"none\"\n").targets.at(0).health.confirm.kind == ConfirmConfig::Kind::none);
+)" + std::string(health_lines);
+}
+
+ConfirmConfig::Kind confirm_of(std::string_view health_lines) {
+  return parse(target_with_health(health_lines)).targets.at(0).health.confirm.kind;
+}
+
+}  // namespace
+
+TEST_CASE("confirm defaults to listener for a local health URL and to none otherwise") {
+  CHECK(confirm_of("url = \"http://127.0.0.1:6001/health\"\n") == ConfirmConfig::Kind::listener);
+  CHECK(confirm_of("url = \"http://[::1]:6001/health\"\n") == ConfirmConfig::Kind::listener);
+  CHECK(confirm_of("url = \"http://app.internal:6001/health\"\n") == ConfirmConfig::Kind::none);
+  CHECK(confirm_of("command = [\"check\"]\n") == ConfirmConfig::Kind::none);
+}
+
+TEST_CASE("confirm can be none, listener, or a JSON pointer that must equal the commit") {
+  const std::string url = "url = \"http://127.0.0.1:6001/health\"\n";
+  CHECK(confirm_of(url + "confirm = \"none\"\n") == ConfirmConfig::Kind::none);
   const auto pointer =
-      parse(health + R"(confirm = { pointer = "/version", equals = "{commit}" })" + "\n").targets.at(0).health.confirm;
+      parse(target_with_health(url + R"(confirm = { pointer = "/version", equals = "{commit}" })" + "\n"))
+          .targets.at(0)
+          .health.confirm;
   CHECK(pointer.kind == ConfirmConfig::Kind::pointer);
   CHECK(pointer.pointer == "/version");
   CHECK(pointer.equals == "{commit}");
-  CHECK(error_in(health + "confirm = \"pid\"\n") ==
+  CHECK(error_in(target_with_health(url + "confirm = \"pid\"\n")) ==
         R"(/etc/ds.toml:8:11: target[1].health.confirm: expected "listener", "none" or { pointer = "/version", )"
         R"(equals = "{commit}" }, got "pid")");
 }
 
 TEST_CASE("confirm = listener needs a URL on this host") {
-  const std::string remote = R"(
-[[target]]
-name = "prod"
-marker_dir = "/srv/markers"
-checkout = "/srv/app"
-restart = { command = ["systemctl", "restart", "app"] }
-[target.health]
-url = "http://app.internal:6001/health"
-confirm = "listener"
-)";
-  CHECK(error_in(remote).find("\"listener\" can only see processes on this host") != std::string::npos);
+  CHECK(error_in(target_with_health("url = \"http://app.internal:6001/health\"\nconfirm = \"listener\"\n"))
+            .find("\"listener\" can only see processes on this host") != std::string::npos);
 }
 
 }  // namespace sentinel

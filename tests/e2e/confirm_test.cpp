@@ -15,14 +15,6 @@ namespace json = boost::json;
 
 namespace {
 
-std::string short_sha(const std::string& sha) { return sha.substr(0, 12); }
-
-DaemonProcess& started(Production& prod) {
-  auto& daemon = prod.start_daemon();
-  REQUIRE(daemon.wait_for_line("prod: watching") >= 0);
-  return daemon;
-}
-
 /// The last line of the target's history, as JSON.
 json::object last_outcome(Production& prod) {
   std::istringstream lines(read_file(prod.state / "targets" / "prod" / "history.jsonl"));
@@ -41,7 +33,7 @@ std::string text(const json::object& obj, std::string_view key) {
 TEST_CASE("a restart that leaves the old process serving is reverted, naming the old pid, never recorded as known-good") {
   Production prod;
   const std::string good = prod.head();
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   const std::string old_pid = read_file(prod.service_dir / "service.pid").substr(0, read_file(prod.service_dir / "service.pid").find('\n'));
   const std::string stale = prod.commit("keep-old");
   prod.stage_by_rename();
@@ -56,7 +48,7 @@ TEST_CASE("a restart that leaves the old process serving is reverted, naming the
 
 TEST_CASE("a good restart passes with confirm = listener, and the history records the new server's pid") {
   Production prod;
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   const std::string sha = prod.commit("healthy");
   prod.stage_by_rename();
   REQUIRE(daemon.wait_for_line("deployed " + short_sha(sha)) >= 0);
@@ -74,7 +66,7 @@ TEST_CASE("a service reporting /version: a stale version fails, the deployed com
   o.extra = "confirm = { pointer = \"/version\", equals = \"{commit}\" }\n";
   Production prod(o);
   const std::string good = prod.head();
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   const std::string stale = prod.commit("stale-version");
   prod.stage_by_rename();
   REQUIRE(daemon.wait_for_line("reverted " + short_sha(stale) + " to " + short_sha(good), 20s) >= 0);
@@ -87,7 +79,7 @@ TEST_CASE("a service reporting /version: a stale version fails, the deployed com
 TEST_CASE("when the revert's restart leaves the old process serving too, .deploy-failed says to look at the process") {
   Production prod;
   prod.commit("keep-old");  // the known-good commit's own restart is sloppy too
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   const std::string stale = prod.commit("keep-old");
   prod.stage_by_rename();
   REQUIRE(daemon.wait_for_line("the revert failed too", 20s) >= 0);

@@ -17,27 +17,17 @@ namespace json = boost::json;
 
 namespace {
 
-std::string short_sha(const std::string& sha) { return sha.substr(0, 12); }
-
 json::object json_file(const fs::path& file) { return json::parse(read_file(file)).as_object(); }
 
 std::string known_good(Production& prod) {
   return read_file(prod.state / "targets" / "prod" / "known-good").substr(0, 40);
 }
 
-/// Starts the daemon and waits until it has finished starting up (and recorded production's
-/// running commit as known-good).
-DaemonProcess& started(Production& prod) {
-  auto& daemon = prod.start_daemon();
-  REQUIRE(daemon.wait_for_line("prod: watching") >= 0);
-  return daemon;
-}
-
 }  // namespace
 
 TEST_CASE("a marker renamed in is deployed once") {
   Production prod;
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   std::string sha = prod.commit("healthy");
   prod.stage_by_rename();
   REQUIRE(daemon.wait_for_line("deployed " + short_sha(sha)) >= 0);
@@ -50,7 +40,7 @@ TEST_CASE("a marker renamed in is deployed once") {
 
 TEST_CASE("a marker written in place is deployed once, after it is closed") {
   Production prod;
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   std::string sha = prod.commit("healthy");
   prod.stage_in_place("{\"commit\": \"" + sha + "\", \"message\": \"in place\"}");
   REQUIRE(daemon.wait_for_line("deployed " + short_sha(sha)) >= 0);
@@ -61,7 +51,7 @@ TEST_CASE("a marker written in place is deployed once, after it is closed") {
 
 TEST_CASE("the restart command inherits no file descriptor of the daemon but stdin, stdout and stderr") {
   Production prod;
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   std::string sha = prod.commit("healthy");
   prod.stage_by_rename();
   REQUIRE(daemon.wait_for_line("deployed " + short_sha(sha)) >= 0);
@@ -100,7 +90,7 @@ TEST_CASE("a marker already there at start-up is deployed") {
 
 TEST_CASE("a marker that arrives during a deploy is deployed after it, not lost") {
   Production prod;
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   std::string first = prod.commit("slow:700");
   prod.stage_by_rename();
   REQUIRE(daemon.wait_for_line("verifying health") >= 0);
@@ -120,7 +110,7 @@ TEST_CASE("an unhealthy commit is reverted to the last known-good commit, the bu
   options.with_build = true;
   options.deadline = "1s";
   Production prod(options);
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   std::string good = prod.commit("healthy");
   prod.stage_by_rename();
   REQUIRE(daemon.wait_for_line("deployed " + short_sha(good)) >= 0);
@@ -148,7 +138,7 @@ TEST_CASE("a service that crashes soon after it started is not healthy, and is r
   Production::Options options;
   options.deadline = "1s";
   Production prod(options);
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   std::string good = prod.head();
   std::string bad = prod.commit("crash:1");  // answers one probe, then exits
   prod.stage_by_rename();
@@ -162,7 +152,7 @@ TEST_CASE("a service that crashes soon after it started is not healthy, and is r
 TEST_CASE("a daemon killed with SIGKILL while verifying verifies again after its restart, without restarting "
           "production twice") {
   Production prod;
-  auto& first = started(prod);
+  auto& first = prod.start_watching();
   std::string sha = prod.commit("slow:1500");  // keeps the deploy in "verifying" for 1.5 s
   prod.stage_by_rename();
   REQUIRE(first.wait_for_line("verifying health") >= 0);
@@ -181,7 +171,7 @@ TEST_CASE("SIGTERM during a restart lets the restart finish, exits 0, and the ne
   Production::Options options;
   options.restart_delay = "1";
   Production prod(options);
-  auto& first = started(prod);
+  auto& first = prod.start_watching();
   std::string sha = prod.commit("healthy");
   prod.stage_by_rename();
   REQUIRE(first.wait_for_line("restarting production on " + short_sha(sha)) >= 0);
@@ -200,7 +190,7 @@ TEST_CASE("a restart that hangs and ignores SIGTERM is killed with its whole pro
   Production::Options options;
   options.restart_timeout = "1s";
   Production prod(options);
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   std::string bad = prod.commit("hang");
   prod.stage_by_rename();
   REQUIRE(daemon.wait_for_line("sending SIGKILL to process group") >= 0);
@@ -219,7 +209,7 @@ TEST_CASE("no restart while the idle command says busy; the restart comes after 
   options.with_idle = true;
   Production prod(options);
   write_file(prod.tmp / "busy", "");
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   std::string sha = prod.commit("healthy");
   prod.stage_by_rename();
   int line = daemon.wait_for_line("idle command says busy");
@@ -241,7 +231,7 @@ TEST_CASE("no restart while the idle command says busy; the restart comes after 
 
 TEST_CASE("a symlink, FIFO, directory or oversized marker is refused with a reason and the daemon keeps running") {
   Production prod;
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   int from = 0;
   auto refused = [&](const std::string& reason_part) {
     int line = daemon.wait_for_line("refused the staged deploy", 5s, from);
@@ -320,7 +310,7 @@ TEST_CASE("when the revert fails too the target is quarantined until .deploy-fai
 
 TEST_CASE("the marker directory removed and created again is watched again") {
   Production prod;
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   fs::remove_all(prod.markers);
   REQUIRE(daemon.wait_for_line("disappeared") >= 0);
   fs::create_directory(prod.markers);
@@ -332,7 +322,7 @@ TEST_CASE("the marker directory removed and created again is watched again") {
 
 TEST_CASE("stage writes the checkout's HEAD as a full SHA and status reports the deploy") {
   Production prod;
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   std::string sha = prod.commit("healthy");
   auto staged = prod.cli({"stage", "--message", "faster search", "--commit", sha.substr(0, 8)});
   REQUIRE(staged.status == 0);
@@ -360,7 +350,7 @@ TEST_CASE("stage writes the checkout's HEAD as a full SHA and status reports the
 
 TEST_CASE("a second daemon on the same state_dir exits at once and names the pid that runs") {
   Production prod;
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   auto second = prod.cli({"run"});
   CHECK(second.status == 1);
   CHECK(second.err.find("already running as pid " + std::to_string(daemon.pid())) != std::string::npos);

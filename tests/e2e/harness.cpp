@@ -217,7 +217,8 @@ Production::Production(Options o)
       state(tmp / "state"),
       service_dir(tmp / "service"),
       config(tmp / "sentinel.toml"),
-      port(free_port()) {
+      port(free_port()),
+      name_(o.name) {
   fs::create_directories(checkout);
   fs::create_directories(markers);
   fs::create_directories(service_dir);
@@ -257,6 +258,12 @@ Production::Production(Options o)
 Production::~Production() {
   daemon_.reset();
   run_program({FAKE_SERVICE, "stop", "--state", service_dir.string()});
+}
+
+DaemonProcess& Production::start_watching() {
+  DaemonProcess& daemon = start_daemon();
+  if (daemon.wait_for_line(name_ + ": watching") < 0) throw std::runtime_error("the daemon did not start watching " + name_);
+  return daemon;
 }
 
 std::string Production::commit(const std::string& mode) {

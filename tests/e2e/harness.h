@@ -23,6 +23,9 @@ struct CommandOutput {
 /// Runs argv to completion (no shell), in `cwd` when given.
 CommandOutput run_program(const std::vector<std::string>& argv, const std::filesystem::path& cwd = {});
 
+/// The first 12 hex digits of a SHA, as the daemon logs commits.
+inline std::string short_sha(const std::string& sha) { return sha.substr(0, 12); }
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 int free_port();
 
@@ -95,6 +98,9 @@ class Production {
   bool healthy();
 
   DaemonProcess& start_daemon(bool as_journal = false);
+  /// Starts the daemon and waits until this target has finished starting up ("NAME: watching");
+  /// throws if it does not within 10 s.
+  DaemonProcess& start_watching();
   DaemonProcess& daemon() { return *daemon_; }
 
   std::filesystem::path marker(const std::string& name) const { return markers / name; }
@@ -107,6 +113,7 @@ class Production {
 
  private:
   std::unique_ptr<DaemonProcess> daemon_;
+  std::string name_;
 };
 
 }  // namespace sentinel::test

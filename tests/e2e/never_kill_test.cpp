@@ -16,20 +16,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string short_sha(const std::string& sha) { return sha.substr(0, 12); }
-
 /// A target whose idle gate is a lease in the marker directory, and nothing else.
 Production::Options leased(std::string more = "") {
   Production::Options o;
   o.extra = "[target.idle]\nlease_file = \"markers/.cycle.lease\"\nquiet = \"0s\"\n" + std::move(more);
   return o;
-}
-
-/// Production with a lease, started, with its daemon watching.
-DaemonProcess& started(Production& prod) {
-  auto& daemon = prod.start_daemon();
-  REQUIRE(daemon.wait_for_line("prod: watching") >= 0);
-  return daemon;
 }
 
 /// A process that runs until killed: the holder of a lease taken with --pid.
@@ -58,7 +49,7 @@ class Sleeper {
 
 TEST_CASE("a held lease holds a staged deploy off, and releasing it deploys at once") {
   Production prod(leased());
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   REQUIRE(prod.cli({"hold", "--for", "10m", "--reason", "cycle 812"}).status == 0);
   const std::string sha = prod.commit("healthy");
   prod.stage_by_rename();
@@ -75,7 +66,7 @@ TEST_CASE("hold is refused while the daemon restarts production, and granted onc
   Production::Options o = leased();
   o.restart_delay = "1";  // the restart takes a second: time enough to try a hold during it
   Production prod(o);
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   const std::string sha = prod.commit("healthy");
   prod.stage_by_rename();
   REQUIRE(daemon.wait_for_line("restarting production on " + short_sha(sha)) >= 0);
@@ -91,7 +82,7 @@ TEST_CASE("hold --wait during a restart holds as soon as the deploy is done") {
   Production::Options o = leased();
   o.restart_delay = "1";
   Production prod(o);
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   const std::string sha = prod.commit("healthy");
   prod.stage_by_rename();
   REQUIRE(daemon.wait_for_line("restarting production on " + short_sha(sha)) >= 0);
@@ -102,7 +93,7 @@ TEST_CASE("hold --wait during a restart holds as soon as the deploy is done") {
 
 TEST_CASE("a lease whose holder process exits counts as released") {
   Production prod(leased());
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   Sleeper holder;
   REQUIRE(prod.cli({"hold", "--for", "1h", "--reason", "cycle 815", "--pid", std::to_string(holder.pid())}).status == 0);
   const std::string sha = prod.commit("healthy");
@@ -116,7 +107,7 @@ TEST_CASE("a lease whose holder process exits counts as released") {
 
 TEST_CASE("an expired lease is logged once and ignored") {
   Production prod(leased());
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   REQUIRE(prod.cli({"hold", "--for", "1s", "--reason", "short cycle"}).status == 0);
   const std::string sha = prod.commit("healthy");
   prod.stage_by_rename();
@@ -130,7 +121,7 @@ TEST_CASE("production that dies between deploys is restarted at once, and one cy
   o.extra = "[target.monitor]\ninterval = \"100ms\"\nfailures = 2\n"
             "[target.cycle]\ncommand = [\"sh\", \"-c\", \"echo cycle >> ../cycles.log\"]\nevery = \"1h\"\n";
   Production prod(o);
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   REQUIRE(run_program({FAKE_SERVICE, "stop", "--state", prod.service_dir.string()}).status == 0);
   REQUIRE(daemon.wait_for_line("prod: unhealthy since") >= 0);
   REQUIRE(daemon.wait_for_line("healthy again after") >= 0);
@@ -147,7 +138,7 @@ TEST_CASE("production that a restart does not bring back is reverted to the last
   o.extra = "[target.monitor]\ninterval = \"100ms\"\nfailures = 2\n";
   Production prod(o);
   const std::string good = prod.head();
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   // The agent committed a broken change and did not stage it; then production died.
   const std::string bad = prod.commit("unhealthy");
   REQUIRE(run_program({FAKE_SERVICE, "stop", "--state", prod.service_dir.string()}).status == 0);
@@ -162,7 +153,7 @@ TEST_CASE("production that keeps going down is given up on after max_recoveries,
   Production::Options o;
   o.extra = "[target.monitor]\ninterval = \"100ms\"\nfailures = 2\nmax_recoveries = 1\nwindow = \"1h\"\n";
   Production prod(o);
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   REQUIRE(run_program({FAKE_SERVICE, "stop", "--state", prod.service_dir.string()}).status == 0);
   REQUIRE(daemon.wait_for_line("healthy again after") >= 0);
   REQUIRE(run_program({FAKE_SERVICE, "stop", "--state", prod.service_dir.string()}).status == 0);
@@ -177,7 +168,7 @@ TEST_CASE("cycles start every `every`, the first one `every` after start-up") {
   Production::Options o;
   o.extra = "[target.cycle]\ncommand = [\"sh\", \"-c\", \"echo cycle >> ../cycles.log\"]\nevery = \"300ms\"\n";
   Production prod(o);
-  auto& daemon = started(prod);
+  auto& daemon = prod.start_watching();
   const int first = daemon.wait_for_line("cycle started");
   REQUIRE(first >= 0);
   REQUIRE(daemon.wait_for_line("cycle started", 10s, first + 1) >= 0);
