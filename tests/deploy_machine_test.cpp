@@ -82,6 +82,11 @@ struct ScriptedWorld final : TargetActions {
     calls.push_back(state == IdleAnswer::State::idle ? "idle" : "busy");
     co_return IdleAnswer{state, state == IdleAnswer::State::idle ? "idle" : "busy"};
   }
+  Listeners listening{Listeners::Result::error, {}, {}, "not scripted"};
+  Listeners listeners(std::uint16_t) override {
+    calls.push_back("listeners");
+    return listening;
+  }
   int leases_held = 0;  // how many times permit_restart refuses before it grants
   RestartPermit permit_restart(bool ignore_lease) override {
     if (!ignore_lease && leases_held > 0) {
@@ -695,4 +700,60 @@ TEST_CASE("a due cycle held off by a busy agent waits the idle interval before a
   CHECK(rig.world.count("busy") == 1);
   CHECK(rig.world.count("probe ok") == 1);
   CHECK(rig.world.count("cycle") == 0);
+}
+
+TEST_CASE("a listener whose owner cannot be seen falls back to no confirmation, once, and the deploy goes on") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kNext;
+  rig.target.health.confirm.kind = ConfirmConfig::Kind::listener;
+  rig.world.listening = {Listeners::Result::hidden, {}, {42}, "permission denied reading /proc/7/fd"};
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.world.count("restart 3333") == 1 && rig.settled(); }));
+  CHECK(rig.last_result() == "deployed");
+  CHECK(rig.world.count("listeners") == 1);  // asked once, then given up for this target
+  CHECK(rig.store.read_status("prod")->confirm.starts_with("none: cannot see which process listens on port 1"));
+}
+
+TEST_CASE("a socket held by pid 1 (socket activation) cannot tell old from new: fall back, deploy goes on") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kNext;
+  rig.target.health.confirm.kind = ConfirmConfig::Kind::listener;
+  rig.world.listening = {Listeners::Result::found, {{1, 5, "systemd"}}, {42}, ""};
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.world.count("restart 3333") == 1 && rig.settled(); }));
+  CHECK(rig.last_result() == "deployed");
+  CHECK(rig.store.read_status("prod")->confirm.find("socket activation") != std::string::npos);
+}
+
+TEST_CASE("a listener that started before the restart makes the deploy fail and revert, naming its pid") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kNext;
+  rig.target.health.confirm.kind = ConfirmConfig::Kind::listener;
+  rig.world.listening = {Listeners::Result::found, {{4242, 1, "botical"}}, {42}, ""};  // started at boot
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.has(marker_file::failed) || rig.last_result() == "reverted"; }));
+  // The revert's restart is not confirmed either (the same old process): quarantined, saying why.
+  CHECK(rig.has(marker_file::failed));
+  const auto failed = rig.json_of(marker_file::failed);
+  CHECK(std::string(failed.at("reason").as_string()).find("port 1 is still served by pid 4242 (botical)") !=
+        std::string::npos);
+  CHECK(std::string(failed.at("revert_error").as_string()).find("look at the process") != std::string::npos);
+}
+
+TEST_CASE("confirm by pointer: a health answer reporting another commit is not healthy") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kNext;
+  rig.target.health.confirm = {ConfirmConfig::Kind::pointer, "/version", "{commit}"};
+  rig.world.body = R"({"version":"1111111"})";  // the old commit, abbreviated
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.last_result() == "reverted" && rig.settled(); }));
+  CHECK(std::string(rig.json_of(marker_file::reverted).at("reason").as_string()).find(R"(/version is "1111111", not 333333333333)") != std::string::npos);
 }
