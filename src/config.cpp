@@ -455,7 +455,8 @@ bool names_local_host(std::string_view url) {
     return host == "::1";
   }
   host = host.substr(0, host.find(':'));
-  return host == "localhost" || host.starts_with("127.");
+  const bool dotted_digits = !host.empty() && host.find_first_not_of("0123456789.") == std::string_view::npos;
+  return host == "localhost" || (host.starts_with("127.") && dotted_digits);
 }
 
 ConfirmConfig read_confirm(const TableReader& table, const HealthConfig& health) {

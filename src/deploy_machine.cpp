@@ -44,6 +44,10 @@ bool same_commit(const std::string& head, std::string named) {
 /// The end of the reason a probe gives when an old process still answers.
 constexpr std::string_view kNotReplaced = "the restart did not replace it";
 
+/// How many probes in a row may fail to see the listener's owner before the target stops
+/// confirming by listener.
+constexpr int kUnseenBeforeFallback = 3;
+
 /// Clock ticks since boot, on the clock that /proc/PID/stat start times count in (CLOCK_BOOTTIME).
 unsigned long long boot_ticks_now() {
   static const long hz = ::sysconf(_SC_CLK_TCK);
@@ -714,15 +718,15 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::restart_and_verify(Deploy
   // Written before the restart: a run that stops from here on restarts once more, since it cannot
   // know whether this restart happened.
   deploy.record_phase = reverting ? "restarting-reverted" : "restarting";
+  deploy.restart_began = boot_ticks_now();  // recorded with the phase: a resumed verify needs it
   write_record(deploy, false);
   enter(Phase::restarting, commit, reverting ? "reverting to the last known-good commit" : "");
   deploy.permit = {};  // "restarting" is recorded: a hold from now on is refused
   spdlog::info("{}: restarting production on {}", target_.name, short_sha(commit));
   // The record goes durable once the restart has started: fsync costs more than the spawn, and
   // the worst a power cut before it can do is one extra restart after the reboot.
-  deploy.restart_began = boot_ticks_now();
-  write_record(deploy, false);
-  RunResult r = co_await actions_.restart([&] { make_durable(record); });
+  std::function<void()> on_started = [&] { make_durable(record); };  // named: g++ 12
+  RunResult r = co_await actions_.restart(std::move(on_started));
   if (!r.ok()) {
     spdlog::warn("{}: restart command {} after {}", target_.name, r.describe(), format_duration(r.elapsed));
     co_return Verdict{false, "the restart command " + r.describe(), r.tail};
@@ -804,33 +808,51 @@ std::optional<std::string> DeployMachine::unconfirmed(const ProbeResult& probe, 
   }
   const std::string port = std::to_string(confirm_port_);
   Listeners now = actions_.listeners(confirm_port_);
+  // One unseeable answer may be a race (an owner exiting mid-scan) or a passing netlink error:
+  // give up on the listener only when it repeats, and until then count the probe as unconfirmed.
+  std::string unseen;
   switch (now.result) {
     case Listeners::Result::nobody:
-      return "nobody listens on port " + port + " any more";
+      unseen = "port " + port + " answers but no listening socket on it can be seen here (served from another "
+               "network namespace? then set confirm to a pointer or \"none\")";
+      break;
     case Listeners::Result::hidden:
-      fall_back_to_no_confirmation("cannot see which process listens on port " + port + ": " + now.error);
-      return std::nullopt;
+      unseen = "cannot see which process listens on port " + port + ": " + now.error;
+      break;
     case Listeners::Result::error:
-      fall_back_to_no_confirmation("cannot ask the kernel who listens on port " + port + ": " + now.error);
-      return std::nullopt;
+      unseen = "cannot ask the kernel who listens on port " + port + ": " + now.error;
+      break;
     case Listeners::Result::found:
       break;
   }
+  if (!unseen.empty()) {
+    if (++unseen_in_a_row_ >= kUnseenBeforeFallback) fall_back_to_no_confirmation(unseen);
+    return unseen_in_a_row_ >= kUnseenBeforeFallback ? std::nullopt : std::optional<std::string>(unseen);
+  }
+  unseen_in_a_row_ = 0;
+  // New only when some owner started after the restart began and no other owner (pid 1 holding
+  // the socket for socket activation aside) is older: a child the old server forked for the probe
+  // is new, but its old parent still holds the socket.
+  const ListeningProcess* fresh = nullptr;
+  const ListeningProcess* old = nullptr;
   for (const ListeningProcess& owner : now.owners) {
     if (owner.start_ticks >= restart_began) {
-      confirmed_ = describe_process(owner);
-      return std::nullopt;
+      if (fresh == nullptr) fresh = &owner;
+    } else if (owner.pid != 1 && (old == nullptr || owner.start_ticks < old->start_ticks)) {
+      old = &owner;
     }
   }
-  const bool activated = std::all_of(now.owners.begin(), now.owners.end(), [](const auto& o) { return o.pid == 1; });
-  if (activated) {
-    fall_back_to_no_confirmation("port " + port + " is held by pid 1 (socket activation), so the old and the new "
-                                 "process cannot be told apart by the listener");
+  if (fresh != nullptr && old == nullptr) {
+    confirmed_ = describe_process(*fresh);
     return std::nullopt;
   }
-  const ListeningProcess& old = now.owners.front();
-  return "port " + port + " is still served by pid " + std::to_string(old.pid) + " (" + old.name + "), started " +
-         format_duration(ticks_to_duration(restart_began - old.start_ticks)) +
+  if (old == nullptr) {  // only pid 1
+    fall_back_to_no_confirmation("port " + port + " is held by pid 1 alone (socket activation), so the old and the "
+                                 "new process cannot be told apart by the listener");
+    return std::nullopt;
+  }
+  return "port " + port + " is still served by pid " + std::to_string(old->pid) + " (" + old->name + "), started " +
+         format_duration(ticks_to_duration(restart_began - old->start_ticks)) +
          " before the restart: " + std::string(kNotReplaced);
 }
 
@@ -954,7 +976,7 @@ asio::awaitable<void> DeployMachine::start_cycle() {
   if (!r.ok()) {
     // Not started: the cycle stays due (and owed) and is tried again shortly.
     // Tried again after the retry delay, or sooner when cycles are that frequent.
-    const Duration retry = std::min(retry_after_, target_.cycle->every);
+    const Duration retry = std::min(retry_after_, std::max(target_.cycle->every, Duration(1000)));
     cycle_retry_at_ = now + retry;
     if (r.describe() != cycle_failure_) {
       spdlog::warn("{}: the cycle command {}{}; trying again every {} while the cycle is due", target_.name,
@@ -1111,7 +1133,8 @@ asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
   auto give_up = [&](std::string why) {
     if (why.find(kNotReplaced) != std::string::npos) {
       why += "; the old process outlived the revert's restart too, so look at the process and the restart "
-             "command, not at the code";
+             "command, not at the code (if that pid is a proxy in front of the service, or a server that "
+             "re-executes itself in place, set [target.health] confirm to a /version pointer or \"none\")";
     }
     json::object doc{{"failed_commit", deploy.commit},
                      {"reverted_to", target},

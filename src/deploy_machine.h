@@ -208,6 +208,7 @@ class DeployMachine {
   std::uint16_t confirm_port_ = 0;
   std::string confirm_fallback_;  // why confirm = "listener" was given up, once it was
   std::string confirmed_;         // the new process the last verify confirmed, for the history
+  int unseen_in_a_row_ = 0;       // probes in a row whose listener could not be seen
 };
 
 /// "waiting-idle" etc.
