@@ -33,7 +33,11 @@
 #include <thread>
 #include <vector>
 
+#include "service_basics.h"
+
 namespace {
+
+using namespace helper;
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
@@ -81,8 +85,6 @@ Events, appended to DIR/events.log one line each, "<CLOCK_MONOTONIC ns> <event> 
   std::exit(code);
 }
 
-std::string errno_text() { return std::strerror(errno); }
-
 long long monotonic_ns() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -104,50 +106,14 @@ void log_event(const std::string& dir, const std::string& text) {
   std::fputs(line.c_str(), stderr);
 }
 
-sockaddr_in loopback(int port) {
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  return addr;
-}
-
-/// Writes `path` through a temp file and a rename, so readers see all of it or nothing.
-std::optional<std::string> write_file_atomic(const std::string& path, const std::string& content) {
-  std::string temp = path + ".tmp." + std::to_string(getpid());
-  int fd = open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return "cannot create " + temp + ": " + errno_text();
-  bool ok = write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size());
-  ok = close(fd) == 0 && ok;
-  ok = ok && rename(temp.c_str(), path.c_str()) == 0;
-  if (ok) return std::nullopt;
-  std::string error = "cannot write " + path + ": " + errno_text();
-  unlink(temp.c_str());
-  return error;
-}
-
 std::string read_small(const std::string& path) {
   std::ifstream in(path);
   return std::string((std::istreambuf_iterator<char>(in)), {});
 }
 
-pid_t read_pid(const std::string& path) {
-  std::ifstream in(path);
-  long pid = 0;
-  return (in >> pid && pid > 0) ? static_cast<pid_t>(pid) : 0;
-}
-
 bool exists(const std::string& path) {
   struct stat st {};
   return lstat(path.c_str(), &st) == 0;
-}
-
-/// True while `pid` exists and is not a zombie waiting for a parent that never reaps it.
-bool alive(pid_t pid) {
-  if (kill(pid, 0) != 0 && errno == ESRCH) return false;
-  std::string text = read_small("/proc/" + std::to_string(pid) + "/stat");
-  auto paren = text.rfind(')');
-  return paren == std::string::npos || paren + 2 >= text.size() || text[paren + 2] != 'Z';
 }
 
 std::vector<std::string> command_line(pid_t pid) {
@@ -680,14 +646,6 @@ void Service::start_outage(Connection& c, const Request& r) {
 
 // ---- restart, stop ----------------------------------------------------------------------
 
-bool accepts_connection(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr = loopback(port);
-  bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-  close(fd);
-  return ok;
-}
-
 std::vector<std::string> serve_args(const Options& o) {
   return {"agent-sim", "serve",        "--port",     o.port_text, "--state",  o.state,
           "--checkout", o.checkout,    "--marker-dir", o.marker_dir, "--sentinel", o.sentinel,
@@ -729,14 +687,6 @@ pid_t start_detached(const Options& o) {
   waitpid(middle, nullptr, 0);
   if (!got) fail(1, "could not start the service (fork failed)");
   return server;
-}
-
-std::string last_line_of(const std::string& path) {
-  std::ifstream in(path);
-  std::string line, last;
-  while (std::getline(in, line))
-    if (!line.empty()) last = line;
-  return last;
 }
 
 int restart(const Options& o) {

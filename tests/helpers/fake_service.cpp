@@ -25,7 +25,11 @@
 #include <thread>
 #include <vector>
 
+#include "service_basics.h"
+
 namespace {
+
+using namespace helper;
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
@@ -55,16 +59,6 @@ constexpr const char* kUsage = R"(usage:
   std::exit(code);
 }
 
-std::string errno_text() { return std::strerror(errno); }
-
-sockaddr_in loopback(int port) {
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  return addr;
-}
-
 struct Mode {
   enum Kind { healthy, unhealthy, slow, crash, flap } kind = healthy;
   long arg = 0;  // milliseconds for slow, answers for crash
@@ -85,36 +79,6 @@ std::optional<Mode> parse_mode(std::string_view text) {
   if (auto ms = number_after("slow:")) return Mode{Mode::slow, *ms};
   if (auto n = number_after("crash:")) return Mode{Mode::crash, *n};
   return std::nullopt;
-}
-
-/// Writes `path` through a temp file and a rename, so readers see all of it or nothing.
-/// Returns what went wrong, if anything.
-std::optional<std::string> write_file_atomic(const std::string& path, const std::string& content) {
-  std::string temp = path + ".tmp." + std::to_string(getpid());
-  int fd = open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return "cannot create " + temp + ": " + errno_text();
-  bool ok = write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size());
-  ok = close(fd) == 0 && ok;
-  ok = ok && rename(temp.c_str(), path.c_str()) == 0;
-  if (ok) return std::nullopt;
-  std::string error = "cannot write " + path + ": " + errno_text();
-  unlink(temp.c_str());
-  return error;
-}
-
-pid_t read_pid(const std::string& path) {
-  std::ifstream in(path);
-  long pid = 0;
-  return (in >> pid && pid > 0) ? static_cast<pid_t>(pid) : 0;
-}
-
-/// True while `pid` exists and is not a zombie waiting for a parent that never reaps it.
-bool alive(pid_t pid) {
-  if (kill(pid, 0) != 0 && errno == ESRCH) return false;
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(stat)), {});
-  auto paren = text.rfind(')');
-  return paren == std::string::npos || paren + 2 >= text.size() || text[paren + 2] != 'Z';
 }
 
 std::vector<std::string> command_line(pid_t pid) {
@@ -264,14 +228,6 @@ int serve(int port, const std::string& mode_text, const std::string& state_dir, 
 
 // ---- restart ----------------------------------------------------------------------------
 
-bool accepts_connection(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr = loopback(port);
-  bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-  close(fd);
-  return ok;
-}
-
 [[noreturn]] void hang(const std::string& dir) {
   signal(SIGTERM, SIG_IGN);
   std::fflush(nullptr);
@@ -326,14 +282,6 @@ pid_t start_detached(int port, const std::string& mode, const std::string& dir, 
   waitpid(middle, nullptr, 0);
   if (!got) fail(1, "could not start the service (fork failed)");
   return server;
-}
-
-std::string last_line_of(const std::string& path) {
-  std::ifstream in(path);
-  std::string line, last;
-  while (std::getline(in, line))
-    if (!line.empty()) last = line;
-  return last;
 }
 
 /// The fds this process was started with, one per line, so tests can see what leaked into it.
