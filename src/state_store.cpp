@@ -7,6 +7,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -39,6 +40,11 @@ StateStore::StateStore(fs::path state_dir) : dir_(std::move(state_dir)) {}
 fs::path StateStore::target_dir(const std::string& target) const { return dir_ / "targets" / target; }
 
 void StateStore::prepare(const std::vector<std::string>& targets) const {
+  struct stat st {};
+  if (::stat(dir_.c_str(), &st) == 0 && (st.st_mode & S_IWOTH) != 0) {
+    throw StartupError("state_dir " + dir_.string() + " is world-writable, so anyone could change the known-good " +
+                       "commit that the sentinel reverts to; fix it with: chmod o-w " + dir_.string());
+  }
   for (const auto& target : targets) {
     error_code ec;
     fs::create_directories(target_dir(target), ec);
@@ -49,15 +55,57 @@ void StateStore::prepare(const std::vector<std::string>& targets) const {
   }
 }
 
-std::string StateStore::known_good(const std::string& target) const {
+namespace {
+
+/// The commit in one generation of the known-good file; `problem` set when it exists but is unusable.
+std::string read_commit_file(const fs::path& file, bool& missing, std::string& problem) {
   error_code ec;
-  std::string text = read_small_file(target_dir(target) / "known-good", ec, 1024);
+  std::string text = read_small_file(file, ec, 1024);
+  missing = ec == std::errc::no_such_file_or_directory;
+  if (missing) return {};
+  if (ec) {
+    problem = file.string() + " cannot be read (" + ec.message() + ")";
+    return {};
+  }
   while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
-  return looks_like_commit(text) ? text : std::string();
+  if (!looks_like_commit(text)) {
+    problem = file.string() + " is corrupt (it does not hold a commit SHA)";
+    return {};
+  }
+  return text;
+}
+
+}  // namespace
+
+KnownGood StateStore::read_known_good(const std::string& target) const {
+  const fs::path current = target_dir(target) / "known-good";
+  const fs::path previous = target_dir(target) / "known-good.bak";
+  bool missing = false;
+  std::string problem;
+  std::string commit = read_commit_file(current, missing, problem);
+  if (!commit.empty()) return {commit, ""};
+  // Only a known-good file that is there but unusable sends us to the previous generation: a
+  // missing one means none was ever recorded (the .bak is written only beside a good one).
+  if (missing) return {};
+  bool previous_missing = false;
+  std::string previous_problem;
+  commit = read_commit_file(previous, previous_missing, previous_problem);
+  if (!commit.empty()) return {commit, problem + "; using the previous generation in " + previous.string()};
+  return {"", problem + (previous_missing ? "; and there is no previous generation"
+                                          : "; and " + previous_problem) +
+                  ": no known-good commit (remove the file, or write the commit SHA that production runs into it)"};
 }
 
 error_code StateStore::set_known_good(const std::string& target, const std::string& commit) const {
-  return write_file_atomic(target_dir(target) / "known-good", commit + "\n", true);
+  const fs::path current = target_dir(target) / "known-good";
+  bool missing = false;
+  std::string problem;
+  std::string replaced = read_commit_file(current, missing, problem);
+  if (!replaced.empty() && replaced != commit) {
+    // Written first, so a crash between the two writes leaves two good generations.
+    if (auto ec = write_file_atomic(target_dir(target) / "known-good.bak", replaced + "\n", true)) return ec;
+  }
+  return write_file_atomic(current, commit + "\n", true);
 }
 
 error_code StateStore::write_status(const std::string& target, const TargetStatus& s) const {

@@ -32,6 +32,12 @@ struct TargetStatus {
   std::optional<Outcome> last_outcome;
 };
 
+/// The last known-good commit as read from state_dir, with what was wrong on the way.
+struct KnownGood {
+  std::string commit;   // "" when none was ever recorded, or no generation could be read
+  std::string problem;  // a corrupt or unreadable generation that was skipped, naming the file; "" when none
+};
+
 /// The files under state_dir. Every write is atomic (temp file + rename); known-good commits
 /// and outcomes are fsynced because losing them could revert to the wrong commit.
 class StateStore {
@@ -41,8 +47,12 @@ class StateStore {
   /// Creates state_dir and one directory per target. Throws StartupError naming the path.
   void prepare(const std::vector<std::string>& targets) const;
 
-  /// The last known-good commit of `target`, or "" when none was ever recorded.
-  std::string known_good(const std::string& target) const;
+  /// The last known-good commit of `target`. A torn or corrupt `known-good` file is never read
+  /// as "none": the previous generation (`known-good.bak`) is used instead, and the problem says so.
+  KnownGood read_known_good(const std::string& target) const;
+  /// read_known_good().commit.
+  std::string known_good(const std::string& target) const { return read_known_good(target).commit; }
+  /// Records `commit`, keeping the commit it replaces as `known-good.bak`. Both are fsynced.
   boost::system::error_code set_known_good(const std::string& target, const std::string& commit) const;
 
   boost::system::error_code write_status(const std::string& target, const TargetStatus& status) const;
