@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -138,7 +139,7 @@ struct TargetProcesses::LeaseEnd {
 
 TargetProcesses::TargetProcesses(const TargetConfig& target, asio::any_io_executor executor,
                                  std::function<void()> on_lease_change)
-    : target_(target), lease_end_(std::make_shared<LeaseEnd>(executor)) {
+    : target_(target), env_(command_environment(target.env)), lease_end_(std::make_shared<LeaseEnd>(executor)) {
   lease_end_->wake = std::move(on_lease_change);
 }
 
@@ -187,6 +188,7 @@ RunSpec TargetProcesses::spec_for(const CommandSpec& command, const std::string&
   spec.timeout = command.timeout;
   spec.kill_grace = command.kill_grace;
   spec.log_tag = target_.name + " " + role;
+  spec.env = env_;
   return spec;
 }
 
@@ -197,6 +199,7 @@ RunSpec TargetProcesses::check_spec(const std::vector<std::string>& argv, Durati
   spec.timeout = timeout;
   spec.kill_grace = 1s;
   spec.tail_lines = tail_lines;
+  spec.env = env_;
   return spec;
 }
 
@@ -324,6 +327,15 @@ void DeployMachine::poke() {
   wake_.cancel();
 }
 
+MarkerCheck DeployMachine::read_marker_in_dir(std::string_view file_name) const {
+  std::vector<uid_t> owners = target_.allowed_owners;
+  if (owners.empty()) {
+    struct stat dir {};
+    if (::stat(target_.marker_dir.c_str(), &dir) == 0) owners = {dir.st_uid, 0};
+  }
+  return read_marker(target_.marker_dir / file_name, owners);
+}
+
 bool DeployMachine::exists(std::string_view file_name) const { return marker_present(target_.marker_dir, file_name); }
 
 void DeployMachine::enter(Phase phase, const std::string& commit, const std::string& detail) {
@@ -415,7 +427,9 @@ asio::awaitable<void> DeployMachine::wait_for_poke(Clock::time_point until) {
 
 asio::awaitable<void> DeployMachine::start_up() {
   enter(Phase::starting, "", "");
-  status_.last_known_good = store_.known_good(target_.name);
+  KnownGood known_good = store_.read_known_good(target_.name);
+  if (!known_good.problem.empty()) spdlog::error("{}: {}", target_.name, known_good.problem);
+  status_.last_known_good = known_good.commit;
   if (auto url = parse_http_url(target_.health.url)) confirm_port_ = url->port;
   status_.confirm = confirm_description();
   if (auto previous = store_.read_status(target_.name)) status_.last_outcome = previous->last_outcome;
@@ -573,7 +587,7 @@ asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) 
   }
 
   if (!resumed) {
-    MarkerCheck check = read_marker(record);
+    MarkerCheck check = read_marker_in_dir(marker_file::in_progress);
     if (!check.ok) {
       // Found by a rescan rather than its close-write, a marker may still be being written: give
       // a writer that is still at it a moment before calling its marker broken.
@@ -1178,7 +1192,7 @@ asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
   }
   if (exists(marker_file::ready)) {
     // Staged during the failed deploy, on top of the commit the reset just took away.
-    const MarkerCheck staged = read_marker(target_.marker_dir / marker_file::ready);
+    const MarkerCheck staged = read_marker_in_dir(marker_file::ready);
     reject(marker_file::ready,
            (deploy.recovery ? "staged while production was down and being recovered"
                             : "staged while " + deploy.commit + " was being deployed; that deploy failed") +

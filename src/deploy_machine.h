@@ -8,6 +8,7 @@
 #include "health_probe.h"
 #include "idle_gate.h"
 #include "listener.h"
+#include "marker.h"
 #include "state_store.h"
 #include "subprocess.h"
 
@@ -80,6 +81,7 @@ class TargetProcesses final : public TargetActions {
   /// Arms the wake-ups for the end of a held lease.
   void watch_lease_end(const LeaseView& view);
   const TargetConfig& target_;
+  std::vector<std::string> env_;  // every command's environment
   std::string lease_noted_;  // the ended lease last logged, so each is logged once
   struct LeaseEnd;
   std::shared_ptr<LeaseEnd> lease_end_;
@@ -182,6 +184,9 @@ class DeployMachine {
   void enter(Phase phase, const std::string& commit, const std::string& detail);
   void write_record(const Deploy& deploy, bool durable);
   bool exists(std::string_view file_name) const;
+  /// Reads a marker in the marker directory, accepting the configured owners (by default the
+  /// directory's owner and root).
+  MarkerCheck read_marker_in_dir(std::string_view file_name) const;
   /// Shows what the target waits for in `status`, and logs it when it changes.
   void note_waiting(const std::string& why);
   /// When to look again between deploys, without a poke.

@@ -22,6 +22,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <optional>
@@ -94,8 +95,12 @@ pid_t spawn(const RunSpec& spec, int output_fd) {
   std::vector<char*> argv;
   for (const auto& arg : spec.argv) argv.push_back(const_cast<char*>(arg.c_str()));
   argv.push_back(nullptr);
+  std::vector<char*> envp;
+  for (const auto& entry : spec.env) envp.push_back(const_cast<char*>(entry.c_str()));
+  envp.push_back(nullptr);
   pid_t pid = -1;
-  int err = posix_spawnp(&pid, argv[0], &setup.actions, &setup.attr, argv.data(), environ);
+  int err = posix_spawnp(&pid, argv[0], &setup.actions, &setup.attr, argv.data(),
+                         spec.env.empty() ? environ : envp.data());
   return err == 0 ? pid : -err;
 }
 
@@ -123,16 +128,43 @@ class OutputLines {
   std::vector<std::string> finish() {
     if (!partial_.empty()) emit(partial_);
     partial_.clear();
+    report_dropped();
     return {lines_.begin(), lines_.end()};
   }
 
  private:
   static constexpr std::size_t kMaxLine = 4096;
+  // A command may log a burst of this many lines, then this many a second: a build's output
+  // goes through, 100 MB of it does not flood the journal.
+  static constexpr double kBurstLines = 1000;
+  static constexpr double kLinesPerSecond = 100;
+
+  /// True when one more line may be logged now.
+  bool take_token() {
+    const auto now = std::chrono::steady_clock::now();
+    tokens_ = std::min(kBurstLines, tokens_ + kLinesPerSecond * std::chrono::duration<double>(now - refilled_).count());
+    refilled_ = now;
+    if (tokens_ < 1) return false;
+    tokens_ -= 1;
+    return true;
+  }
+
+  void report_dropped() {
+    if (dropped_ == 0) return;
+    spdlog::log(level_, "[{}] ... {} line{} not logged (more than {} lines a second)", tag_, dropped_,
+                dropped_ == 1 ? "" : "s", static_cast<int>(kLinesPerSecond));
+    dropped_ = 0;
+  }
 
   void emit(std::string_view raw) {
     if (!raw.empty() && raw.back() == '\r') raw.remove_suffix(1);
     std::string line = to_valid_utf8(raw);  // it ends up in JSON files the agent parses
-    spdlog::log(level_, "[{}] {}", tag_, line);
+    if (take_token()) {
+      report_dropped();
+      spdlog::log(level_, "[{}] {}", tag_, line);
+    } else {
+      ++dropped_;
+    }
     if (keep_ == 0) return;
     if (lines_.size() == keep_) lines_.pop_front();
     lines_.push_back(std::move(line));
@@ -143,6 +175,9 @@ class OutputLines {
   std::size_t keep_;
   std::string partial_;
   std::deque<std::string> lines_;
+  double tokens_ = kBurstLines;
+  std::chrono::steady_clock::time_point refilled_ = std::chrono::steady_clock::now();
+  std::size_t dropped_ = 0;
 };
 
 /// Logs what comes through the pipe until every writer has closed it.
@@ -207,6 +242,21 @@ struct GroupReaper {
 };
 
 }  // namespace
+
+std::vector<std::string> command_environment(const std::vector<std::pair<std::string, std::string>>& extra) {
+  auto ours = [](const char* name, const char* fallback) {
+    const char* value = std::getenv(name);
+    return std::string(name) + "=" + (value != nullptr ? value : fallback);
+  };
+  std::vector<std::string> env{ours("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+                               ours("HOME", "/"), ours("LANG", "C.UTF-8")};
+  for (const auto& [name, value] : extra) {
+    const std::string prefix = name + "=";
+    std::erase_if(env, [&](const std::string& entry) { return entry.starts_with(prefix); });
+    env.push_back(prefix + value);
+  }
+  return env;
+}
 
 std::string RunResult::describe() const {
   switch (end) {

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace sentinel {
@@ -23,6 +24,7 @@ struct RunSpec {
                                    // at info; empty = logged at debug as "[argv0] …"
   std::size_t tail_lines = 20;     // how many last output lines the result keeps
   std::function<void()> on_started;  // runs right after the child exists (e.g. to fsync a record)
+  std::vector<std::string> env;    // the child's whole environment, "KEY=value"; empty = the daemon's
 };
 
 /// How a run ended.
@@ -41,6 +43,12 @@ struct RunResult {
   /// "timed out after 90s; its process group was killed", "could not start git: No such file ...".
   std::string describe() const;
 };
+
+/// The minimal environment for a configured command: PATH, HOME and LANG as the sentinel has
+/// them (a standard PATH, "/" and C.UTF-8 when unset), then `extra` in order, replacing an entry
+/// of the same name. Nothing else of the sentinel's own environment (NOTIFY_SOCKET, credentials
+/// of the shell that started it) reaches production.
+std::vector<std::string> command_environment(const std::vector<std::pair<std::string, std::string>>& extra);
 
 /// Starts `spec.argv` with posix_spawn in a new process group (stdin /dev/null, stdout and
 /// stderr into one pipe that is logged line by line) and waits for it on the current executor.

@@ -9,6 +9,8 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 #include <doctest/doctest.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 
 #include <fcntl.h>
 #include <poll.h>
@@ -18,7 +20,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -493,4 +497,41 @@ TEST_CASE("cancelling a run kills the whole process group and reaps the child") 
   CHECK(wait_errno == ECHILD);
   CHECK(exits_within(background, 5s));
   CHECK(group_exits_within(leader, 5s));
+}
+
+// ---- environment and output limits --------------------------------------------------------
+
+TEST_CASE("a command gets only PATH, HOME, LANG and the configured variables, not the sentinel's environment") {
+  ::setenv("SENTINEL_TEST_SECRET", "hunter2", 1);
+  RunSpec spec = shell("env | sort");
+  spec.env = command_environment({{"NODE_ENV", "production"}, {"LANG", "de_DE.UTF-8"}});
+  spec.tail_lines = 100;
+  RunResult r = run(spec);
+  ::unsetenv("SENTINEL_TEST_SECRET");
+  REQUIRE(r.ok());
+  std::vector<std::string> names;
+  for (const auto& line : r.tail) names.push_back(line.substr(0, line.find('=')));
+  // sh itself adds PWD (and may add SHLVL or _), nothing of ours.
+  std::erase_if(names, [](const std::string& n) { return n == "PWD" || n == "SHLVL" || n == "_"; });
+  CHECK(joined(names) == "HOME | LANG | NODE_ENV | PATH");
+  CHECK(std::find(r.tail.begin(), r.tail.end(), "LANG=de_DE.UTF-8") != r.tail.end());
+  CHECK(std::find(r.tail.begin(), r.tail.end(), "PATH=" + std::string(std::getenv("PATH"))) != r.tail.end());
+}
+
+TEST_CASE("a command that prints a flood of lines is logged up to a burst, then counted, and still ends") {
+  std::ostringstream logged;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(logged);
+  auto previous = spdlog::default_logger();
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>("capture", sink));
+  RunSpec spec = shell("i=0; while [ $i -lt 20000 ]; do echo line $i; i=$((i+1)); done");
+  spec.log_tag = "flood";
+  RunResult r = run(spec);
+  spdlog::set_default_logger(previous);
+  REQUIRE(r.ok());
+  const std::string text = logged.str();
+  const auto lines = std::count(text.begin(), text.end(), '\n');
+  CHECK(lines >= 1000);
+  CHECK(lines < 5000);  // the burst, what a few seconds refill, and the count
+  CHECK(text.find("lines not logged (more than 100 lines a second)") != std::string::npos);
+  CHECK(joined(r.tail).find("line 19999") != std::string::npos);  // the tail sees everything
 }
