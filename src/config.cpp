@@ -15,6 +15,9 @@
 #include <span>
 #include <utility>
 
+#include <pwd.h>
+#include <sys/stat.h>
+
 namespace sentinel {
 
 const TargetConfig* Config::find_target(std::string_view name) const {
@@ -42,7 +45,7 @@ using KeyList = std::span<const std::string_view>;
 constexpr std::array kTopLevelKeys{"sentinel"sv, "target"sv};
 constexpr std::array kSentinelKeys{"state_dir"sv, "log_level"sv};
 constexpr std::array kTargetKeys{"name"sv,   "marker_dir"sv, "checkout"sv, "restart"sv, "build"sv,
-                                 "health"sv, "idle"sv,       "cycle"sv,    "monitor"sv};
+                                 "health"sv, "idle"sv,       "cycle"sv,    "monitor"sv, "env"sv, "allowed_owners"sv};
 constexpr std::array kCommandSpecKeys{"command"sv, "timeout"sv, "kill_grace"sv};
 constexpr std::array kConfirmKeys{"pointer"sv, "equals"sv};
 constexpr std::array kHealthKeys{"confirm"sv,  "url"sv,      "command"sv,   "timeout"sv, "grace"sv,
@@ -56,6 +59,17 @@ constexpr std::array kMonitorKeys{"interval"sv, "failures"sv, "max_recoveries"sv
 constexpr Duration kDefaultCycleTimeout = 60s;
 constexpr std::array kLogLevels{"trace"sv, "debug"sv,    "info"sv, "warn"sv,
                                 "error"sv, "critical"sv, "off"sv};
+
+/// The uid of user `name` from the system's user database, or nullopt.
+std::optional<uid_t> lookup_user(const std::string& name) {
+  struct passwd entry {};
+  struct passwd* found = nullptr;
+  std::array<char, 16384> buffer{};
+  if (::getpwnam_r(name.c_str(), &entry, buffer.data(), buffer.size(), &found) != 0 || found == nullptr) {
+    return std::nullopt;
+  }
+  return found->pw_uid;
+}
 
 /// `text` in double quotes, with quotes, backslashes and control characters escaped.
 std::string in_quotes(std::string_view text) {
@@ -406,6 +420,52 @@ class TableReader {
     return present(table(key, known_keys), key);
   }
 
+  /// A table of string values, like `env = { NODE_ENV = "production" }`, in document order.
+  std::vector<std::pair<std::string, std::string>> string_table(std::string_view key) const {
+    const toml::node* node = table_.get(key);
+    if (node == nullptr) return {};
+    const std::string expected = R"(expected a table of strings, like { NODE_ENV = "production" })";
+    const toml::table* table = node->as_table();
+    if (table == nullptr) fail(key, expected + ", got " + std::string(describe_type(node->type())));
+    std::vector<std::pair<std::string, std::string>> entries;
+    for (const auto& [name, value] : *table) {
+      const std::string entry_path = key_path(key) + "." + display_key(name.str());
+      if (!value.is_string()) {
+        errors_.fail(value.source(), entry_path, "expected a string, got " + std::string(describe_type(value.type())));
+      }
+      entries.emplace_back(name.str(), value.as_string()->get());
+    }
+    return entries;
+  }
+
+  /// An array of user names or numeric uids, each resolved to a uid.
+  std::vector<uid_t> users(std::string_view key) const {
+    const toml::node* node = table_.get(key);
+    if (node == nullptr) return {};
+    const std::string expected = R"(expected an array of user names or uids, like ["deploy", "root"])";
+    const toml::array* array = node->as_array();
+    if (array == nullptr) fail(key, expected + ", got " + std::string(describe_type(node->type())));
+    if (array->empty()) fail(key, "is empty, so no marker would ever be accepted; " + expected);
+    std::vector<uid_t> uids;
+    for (std::size_t i = 0; i < array->size(); ++i) {
+      const toml::node& element = (*array)[i];
+      const std::string element_path = key_path(key) + "[" + std::to_string(i + 1) + "]";
+      if (const auto* number = element.as_integer()) {
+        if (number->get() < 0 || number->get() > std::numeric_limits<uid_t>::max() - 1) {
+          errors_.fail(element.source(), element_path, "is not a valid uid");
+        }
+        uids.push_back(static_cast<uid_t>(number->get()));
+        continue;
+      }
+      if (!element.is_string()) errors_.fail(element.source(), element_path, expected);
+      const std::string& name = element.as_string()->get();
+      std::optional<uid_t> uid = lookup_user(name);
+      if (!uid) errors_.fail(element.source(), element_path, "no user " + in_quotes(name) + " on this system");
+      uids.push_back(*uid);
+    }
+    return uids;
+  }
+
  private:
   static bool comes_before(const toml::key& a, const toml::key& b) {
     const toml::source_position& pa = a.source().begin;
@@ -624,6 +684,13 @@ TargetConfig read_target(const TableReader& table, const fs::path& base_dir) {
   if (const std::optional<TableReader> monitor = table.table("monitor", kMonitorKeys)) {
     target.monitor = read_monitor(*monitor);
   }
+  target.env = table.string_table("env");
+  for (const auto& [name, value] : target.env) {
+    if (name.empty() || name.find('=') != std::string::npos) {
+      table.fail("env", in_quotes(name) + " cannot be the name of an environment variable");
+    }
+  }
+  target.allowed_owners = table.users("allowed_owners");
   return target;
 }
 
@@ -699,6 +766,11 @@ Config load_config(const fs::path& path) {
   const std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(name.c_str(), "rb"),
                                                              &std::fclose);
   if (!file) throw ConfigError(name + ": cannot read: " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(::fileno(file.get()), &st) == 0 && (st.st_mode & S_IWOTH) != 0) {
+    throw ConfigError(name + ": is world-writable, so anyone could make the sentinel run their commands; " +
+                      "fix it with: chmod o-w " + name);
+  }
 
   std::string text;
   char buffer[64 * 1024];

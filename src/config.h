@@ -5,6 +5,8 @@
 
 #include <filesystem>
 #include <optional>
+#include <sys/types.h>
+#include <utility>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -121,6 +123,11 @@ struct TargetConfig {
   std::optional<IdleConfig> idle;    // none = always idle
   std::optional<CycleConfig> cycle;  // none = the sentinel starts no cycles
   std::optional<MonitorConfig> monitor;  // none = health is checked only around deploys
+  /// `env`: added to (or replacing) the minimal environment every command of the target gets:
+  /// PATH, HOME and LANG from the sentinel's own environment.
+  std::vector<std::pair<std::string, std::string>> env;
+  /// `allowed_owners`: uids whose markers are accepted; empty = the marker directory's owner and root.
+  std::vector<uid_t> allowed_owners;
 };
 
 /// The whole file.

@@ -74,6 +74,29 @@ bool is_utf8(std::string_view text) {
   return true;
 }
 
+/// `text` for a log line or a reason: in double quotes, at most 64 bytes of it, with quotes,
+/// backslashes and every byte outside printable ASCII escaped, so no one can forge log lines.
+std::string quoted_excerpt(std::string_view text) {
+  constexpr std::size_t kMax = 64;
+  std::string out = "\"";
+  for (unsigned char c : text.substr(0, kMax)) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c >= 0x20 && c < 0x7f) {
+      out += static_cast<char>(c);
+    } else {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 0xf];
+    }
+  }
+  out += '"';
+  if (text.size() > kMax) out += " (" + std::to_string(text.size()) + " bytes, cut)";
+  return out;
+}
+
 std::string describe_type(mode_t mode) {
   if (S_ISDIR(mode)) return "a directory";
   if (S_ISFIFO(mode)) return "a FIFO";
@@ -129,7 +152,7 @@ bool looks_like_commit(std::string_view text) {
          std::all_of(text.begin(), text.end(), [](unsigned char c) { return std::isxdigit(c); });
 }
 
-std::string read_small_file(const fs::path& file, error_code& ec, std::size_t limit) {
+std::string read_small_file(const fs::path& file, error_code& ec, std::size_t limit, struct stat* opened) {
   ec.clear();
   Fd fd(::open(file.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
   if (fd.fd < 0) {
@@ -141,6 +164,7 @@ std::string read_small_file(const fs::path& file, error_code& ec, std::size_t li
     ec = last_error();
     return {};
   }
+  if (opened != nullptr) *opened = st;
   if (!S_ISREG(st.st_mode)) {
     ec = boost::system::errc::make_error_code(boost::system::errc::invalid_argument);
     return {};
@@ -168,7 +192,7 @@ std::string read_small_file(const fs::path& file, error_code& ec, std::size_t li
   return text;
 }
 
-MarkerCheck read_marker(const fs::path& file) {
+MarkerCheck read_marker(const fs::path& file, std::span<const uid_t> allowed_owners) {
   MarkerCheck check;
   const std::string name = file.filename().string();
   struct stat st {};
@@ -189,12 +213,33 @@ MarkerCheck read_marker(const fs::path& file) {
                    std::to_string(kMaxMarkerBytes) + " are accepted";
     return check;
   }
+  // Another name for the same file means it was not written for us: a link to a file elsewhere
+  // (a secret, another service's data) must not be read into a rejection record or a log.
+  auto foreign = [&](const struct stat& s) -> std::string {
+    if (s.st_nlink > 1) {
+      return "the marker is a hard link to a file with " + std::to_string(s.st_nlink) +
+             " names; stage a file of its own (deploy-sentinel stage does)";
+    }
+    if (!allowed_owners.empty() &&
+        std::find(allowed_owners.begin(), allowed_owners.end(), s.st_uid) == allowed_owners.end()) {
+      return "the marker is owned by uid " + std::to_string(s.st_uid) +
+             ", who is not in allowed_owners; stage it as the agent's user, or add the user to allowed_owners";
+    }
+    return {};
+  };
+  if (check.reason = foreign(st); !check.reason.empty()) return check;
   error_code ec;
-  std::string text = read_small_file(file, ec);
+  struct stat opened {};
+  std::string text = read_small_file(file, ec, kMaxMarkerBytes, &opened);
   if (ec) {
     check.reason = "the marker could not be read safely: " + ec.message();
     return check;
   }
+  if (opened.st_ino != st.st_ino || opened.st_dev != st.st_dev) {
+    check.reason = "the marker was replaced while it was being read";
+    return check;
+  }
+  if (check.reason = foreign(opened); !check.reason.empty()) return check;
   check.marker.text = text;
   if (std::all_of(text.begin(), text.end(), [](unsigned char c) { return std::isspace(c); })) {
     check.ok = true;
@@ -221,7 +266,7 @@ MarkerCheck read_marker(const fs::path& file) {
     if (value.is_string()) *field = std::string(value.as_string());
   }
   if (!check.marker.commit.empty() && !looks_like_commit(check.marker.commit)) {
-    check.reason = "the marker's commit \"" + check.marker.commit + "\" is not a 7-40 digit hex SHA";
+    check.reason = "the marker's commit " + quoted_excerpt(check.marker.commit) + " is not a 7-40 digit hex SHA";
     return check;
   }
   check.ok = true;

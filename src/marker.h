@@ -8,7 +8,10 @@
 #include <cstddef>
 #include <filesystem>
 #include <string>
+#include <span>
 #include <string_view>
+#include <sys/stat.h>
+#include <sys/types.h>
 
 namespace sentinel {
 
@@ -45,7 +48,9 @@ struct MarkerCheck {
 /// Reads the marker at `file` without following a symlink and without blocking on a FIFO:
 /// refuses anything but a regular file, files over kMaxMarkerBytes, and text that is neither
 /// empty (whitespace) nor a JSON object with string fields. A `commit` must be 7-40 hex digits.
-MarkerCheck read_marker(const std::filesystem::path& file);
+/// A marker that is a hard link (more than one name), or, when `allowed_owners` is not empty,
+/// owned by a uid not in it, is refused unread.
+MarkerCheck read_marker(const std::filesystem::path& file, std::span<const uid_t> allowed_owners = {});
 
 /// Serialises a marker for `deploy-sentinel stage` (JSON object, trailing newline).
 std::string marker_json(const Marker& marker);
@@ -71,8 +76,9 @@ boost::system::error_code write_file_atomic(const std::filesystem::path& file, s
 boost::system::error_code make_durable(const std::filesystem::path& file);
 
 /// Reads a whole small regular file (not following symlinks); empty string with `ec` on failure.
+/// With `opened`, the status of the file that was read is stored there.
 std::string read_small_file(const std::filesystem::path& file, boost::system::error_code& ec,
-                            std::size_t limit = kMaxMarkerBytes);
+                            std::size_t limit = kMaxMarkerBytes, struct stat* opened = nullptr);
 
 /// `text` with every byte that is not part of well-formed UTF-8 replaced by U+FFFD, so it can go
 /// into JSON (Boost.JSON copies string bytes as they are).

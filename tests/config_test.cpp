@@ -2,6 +2,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <string>
@@ -293,7 +294,7 @@ TEST_CASE("unknown keys are rejected in every table") {
   SUBCASE("target") {
     CHECK(error_in(kMinimalTarget + "verbose = true\n") ==
           "/etc/ds.toml:7:1: target[1].verbose: unknown key (valid keys here: name, marker_dir, "
-          "checkout, restart, build, health, idle, cycle, monitor)");
+          "checkout, restart, build, health, idle, cycle, monitor, env, allowed_owners)");
   }
   SUBCASE("restart") {
     CHECK(error_in(R"(
@@ -797,6 +798,48 @@ TEST_CASE("confirm can be none, listener, or a JSON pointer that must equal the 
 TEST_CASE("confirm = listener needs a URL on this host") {
   CHECK(error_in(target_with_health("url = \"http://app.internal:6001/health\"\nconfirm = \"listener\"\n"))
             .find("\"listener\" can only see processes on this host") != std::string::npos);
+}
+
+TEST_CASE("env adds variables to every command's environment, in any order") {
+  const Config config = parse(kMinimalTarget + R"(env = { NODE_ENV = "production", BOTICAL_PORT = "6001" }
+)");
+  REQUIRE(config.targets[0].env.size() == 2);
+  std::vector<std::pair<std::string, std::string>> env = config.targets[0].env;
+  std::sort(env.begin(), env.end());
+  CHECK(env[0] == std::pair<std::string, std::string>{"BOTICAL_PORT", "6001"});
+  CHECK(env[1] == std::pair<std::string, std::string>{"NODE_ENV", "production"});
+  CHECK(parse(kMinimalTarget).targets[0].env.empty());
+}
+
+TEST_CASE("an env value that is not a string is reported at the value") {
+  CHECK(error_in(kMinimalTarget + "env = { PORT = 6001 }\n") ==
+        "/etc/ds.toml:7:16: target[1].env.PORT: expected a string, got an integer");
+  CHECK(error_in(kMinimalTarget + "env = [\"PORT=6001\"]\n").find(
+            "target[1].env: expected a table of strings, like { NODE_ENV = \"production\" }") != std::string::npos);
+}
+
+TEST_CASE("allowed_owners takes user names and uids, and an unknown user is reported at its line") {
+  const Config config = parse(kMinimalTarget + "allowed_owners = [\"root\", 1000]\n");
+  CHECK(config.targets[0].allowed_owners == std::vector<uid_t>{0, 1000});
+  CHECK(parse(kMinimalTarget).targets[0].allowed_owners.empty());
+  CHECK(error_in(kMinimalTarget + "allowed_owners = [\"root\", \"no-such-user-xyz\"]\n") ==
+        "/etc/ds.toml:7:27: target[1].allowed_owners[2]: no user \"no-such-user-xyz\" on this system");
+  CHECK(error_in(kMinimalTarget + "allowed_owners = []\n").find("is empty, so no marker would ever be accepted") !=
+        std::string::npos);
+  CHECK(error_in(kMinimalTarget + "allowed_owners = [-1]\n").find("is not a valid uid") != std::string::npos);
+}
+
+TEST_CASE("a world-writable config file is refused with the fix, since its commands run as the sentinel") {
+  const TempDir dir;
+  const fs::path file = dir.path() / "ds.toml";
+  std::ofstream(file) << lines(kMinimalTarget);
+  fs::permissions(file, fs::perms::others_write, fs::perm_options::add);
+  CHECK_THROWS_WITH_AS(load_config(file),
+                       (file.string() + ": is world-writable, so anyone could make the sentinel run their "
+                                        "commands; fix it with: chmod o-w " + file.string()).c_str(),
+                       ConfigError);
+  fs::permissions(file, fs::perms::others_write, fs::perm_options::remove);
+  CHECK(load_config(file).targets.size() == 1);
 }
 
 }  // namespace sentinel

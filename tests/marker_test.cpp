@@ -6,12 +6,16 @@
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -181,6 +185,86 @@ TEST_CASE("a marker over 64 KiB is refused unread, and one of exactly 64 KiB is 
 
   MarkerCheck at_limit = read_ready(dir, std::string(kMaxMarkerBytes, ' '));
   CHECK(at_limit.ok);
+}
+
+TEST_CASE("a sparse 1 GiB marker is refused by its size without being read") {
+  ScratchDir dir;
+  const fs::path file = dir / marker_file::ready;
+  int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  REQUIRE(fd >= 0);
+  REQUIRE(::ftruncate(fd, 1LL << 30) == 0);
+  ::close(fd);
+  MarkerCheck check = read_marker(file);
+  CHECK_FALSE(check.ok);
+  CHECK(check.reason.find("1073741824 bytes") != std::string::npos);
+  CHECK(check.marker.text.empty());
+}
+
+TEST_CASE("a marker that is a socket or a device is refused without being opened") {
+  ScratchDir dir;
+  const fs::path file = dir / marker_file::ready;
+  SUBCASE("socket") {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    REQUIRE(file.string().size() < sizeof addr.sun_path);
+    std::strcpy(addr.sun_path, file.c_str());
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    MarkerCheck check = read_marker(file);
+    ::close(fd);
+    CHECK_FALSE(check.ok);
+    CHECK(check.reason.find("socket") != std::string::npos);
+  }
+  SUBCASE("device") {
+    if (::mknod(file.c_str(), S_IFCHR | 0644, ::makedev(1, 3)) != 0) {  // /dev/null's numbers
+      MESSAGE("mknod needs root; not checked");
+      return;
+    }
+    MarkerCheck check = read_marker(file);
+    CHECK_FALSE(check.ok);
+    CHECK(check.reason.find("device") != std::string::npos);
+  }
+}
+
+TEST_CASE("a marker that is a hard link to a file elsewhere is refused unread") {
+  ScratchDir dir;
+  write_text(dir / "secret", R"({"commit": "abc1234", "message": "the secret"})");
+  REQUIRE(::link((dir / "secret").c_str(), (dir / marker_file::ready).c_str()) == 0);
+  MarkerCheck check = read_marker(dir / marker_file::ready);
+  CHECK_FALSE(check.ok);
+  CHECK(check.reason.find("hard link") != std::string::npos);
+  CHECK(check.marker.text.empty());
+}
+
+TEST_CASE("a marker owned by a user outside allowed_owners is refused, one inside is read") {
+  ScratchDir dir;
+  write_text(dir / marker_file::ready, R"({"commit": "abc1234"})");
+  const uid_t me = ::getuid();
+  const std::vector<uid_t> others{me + 1, me + 2};
+  MarkerCheck refused = read_marker(dir / marker_file::ready, others);
+  CHECK_FALSE(refused.ok);
+  CHECK(refused.reason.find("owned by uid " + std::to_string(me)) != std::string::npos);
+  CHECK(refused.reason.find("allowed_owners") != std::string::npos);
+  CHECK(refused.marker.text.empty());
+  const std::vector<uid_t> mine{me + 1, me};
+  CHECK(read_marker(dir / marker_file::ready, mine).ok);
+}
+
+TEST_CASE("a deeply nested JSON marker is refused, not recursed into") {
+  ScratchDir dir;
+  MarkerCheck check = read_ready(dir, std::string(10000, '[') + std::string(10000, ']'));
+  CHECK_FALSE(check.ok);
+  CHECK(check.reason.find("nor valid JSON: too deep") != std::string::npos);
+}
+
+TEST_CASE("a commit with control characters is named escaped and cut, so it cannot forge a log line") {
+  ScratchDir dir;
+  MarkerCheck check = read_ready(dir, "{\"commit\": \"abc\\n[info] deployed\\u0007" + std::string(100, 'x') + "\"}");
+  CHECK_FALSE(check.ok);
+  CHECK(check.reason.find('\n') == std::string::npos);
+  CHECK(check.reason.find("abc\\x0a[info] deployed\\x07") != std::string::npos);
+  CHECK(check.reason.find("bytes, cut)") != std::string::npos);
 }
 
 TEST_CASE("a marker that is neither empty nor valid JSON is refused") {
