@@ -2,6 +2,7 @@
 
 #include "config.h"
 #include "deploy_machine.h"
+#include "log.h"
 #include "marker_watch.h"
 #include "state_store.h"
 
@@ -57,21 +58,26 @@ struct TargetRuntime {
   std::optional<MarkerWatch> lease_watch;
 };
 
-}  // namespace
-
-int run_daemon(const Config& config) {
-  // Whatever the daemon was started with beyond stdio (a shell's stray fds, a test runner's
-  // pipes) must not reach production's restart command either.
-  if (::close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
-    spdlog::warn("cannot mark inherited file descriptors close-on-exec: {}", std::strerror(errno));
+/// The config file read again for SIGHUP, or nullptr (logged, with the file's own position of
+/// the problem) when it does not validate.
+std::unique_ptr<Config> reload_config(const Config& running) {
+  try {
+    return std::make_unique<Config>(load_config(running.source));
+  } catch (const StartupError& e) {
+    spdlog::error("SIGHUP: keeping the running config: {}", e.what());
+    return nullptr;
   }
+}
+
+/// One run of every target of `config` on `ctx`, until a stop, or until SIGHUP brings a config
+/// that validates: then returns it, with every target finished and `signals` free for the next run.
+std::unique_ptr<Config> run_targets(asio::io_context& ctx, asio::signal_set& signals, const Config& config) {
   std::vector<std::string> names;
   for (const auto& target : config.targets) names.push_back(target.name);
   StateStore store(config.state_dir);
   store.prepare(names);
   InstanceLock lock(config.state_dir);
 
-  asio::io_context ctx;
   std::vector<std::shared_ptr<TargetRuntime>> runtimes;
   for (const auto& target : config.targets) {
     auto runtime = std::make_shared<TargetRuntime>(target, store, ctx.get_executor());
@@ -82,6 +88,7 @@ int run_daemon(const Config& config) {
   // of a left-behind daemon's output must not keep it alive.
   std::size_t running = runtimes.size();
   bool stopping = false;
+  std::unique_ptr<Config> reload;
   for (std::size_t i = 0; i < runtimes.size(); ++i) {
     auto run = [](std::shared_ptr<TargetRuntime> rt) -> asio::awaitable<void> { co_await rt->machine.run(); };
     asio::co_spawn(ctx, run(runtimes[i]), [&, name = config.targets[i].name](std::exception_ptr e) {
@@ -98,24 +105,35 @@ int run_daemon(const Config& config) {
   std::vector<std::weak_ptr<TargetRuntime>> targets(runtimes.begin(), runtimes.end());
   runtimes.clear();  // the coroutines own them now
 
-  asio::signal_set signals(ctx, SIGTERM, SIGINT, SIGHUP);
+  auto stop_targets = [&] {
+    stopping = true;
+    for (auto& weak : targets) {
+      if (auto target = weak.lock()) target->machine.request_stop();
+    }
+    if (running == 0) ctx.stop();
+  };
   std::function<void(const boost::system::error_code&, int)> on_signal =
       [&](const boost::system::error_code& ec, int signo) {
-        if (ec) return;
+        if (ec) return;  // cancelled at the end of this run: touch nothing of it
         const char* name = signo == SIGTERM ? "SIGTERM" : signo == SIGINT ? "SIGINT" : "SIGHUP";
         if (signo == SIGHUP) {
-          spdlog::warn("SIGHUP: reloading the config is not supported yet; restart the service to apply changes");
-        } else if (stopping) {
+          if (stopping) {
+            spdlog::warn("SIGHUP while stopping: ignored");
+          } else if ((reload = reload_config(config))) {
+            spdlog::info("SIGHUP: {} is valid; applying it once running commands have finished (each target "
+                         "resumes from its record)", config.source.string());
+            stop_targets();
+          }
+        } else if (stopping && !reload) {
           spdlog::warn("{} again: stopping now; running commands are killed", name);
           ctx.stop();
           return;
+        } else if (stopping) {
+          spdlog::info("{}: stopping instead of reloading; running commands may finish, up to their timeouts", name);
+          reload.reset();
         } else {
           spdlog::info("{}: stopping; running commands may finish, up to their timeouts", name);
-          stopping = true;
-          for (auto& weak : targets) {
-            if (auto target = weak.lock()) target->machine.request_stop();
-          }
-          if (running == 0) ctx.stop();
+          stop_targets();
         }
         signals.async_wait(on_signal);
       };
@@ -124,6 +142,36 @@ int run_daemon(const Config& config) {
   spdlog::info("deploy-sentinel {} watching {} target{} (state in {})", SENTINEL_VERSION, config.targets.size(),
                config.targets.size() == 1 ? "" : "s", config.state_dir.string());
   ctx.run();
+  if (reload) {
+    // Every target has finished. The pending signal wait refers to this frame: end it here. A
+    // signal that comes before the next run's wait is kept by the signal_set, not lost.
+    signals.cancel();
+    ctx.restart();
+    ctx.poll();
+    ctx.restart();
+  }
+  return reload;
+}
+
+}  // namespace
+
+int run_daemon(const Config& first) {
+  // Whatever the daemon was started with beyond stdio (a shell's stray fds, a test runner's
+  // pipes) must not reach production's restart command either.
+  if (::close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
+    spdlog::warn("cannot mark inherited file descriptors close-on-exec: {}", std::strerror(errno));
+  }
+  // The loop and the signals outlive a reload: output of daemons left behind by earlier
+  // restarts is still read (closing it would kill them with SIGPIPE), and no SIGTERM or SIGHUP
+  // meets a default disposition in between.
+  asio::io_context ctx;
+  asio::signal_set signals(ctx, SIGTERM, SIGINT, SIGHUP);
+  std::unique_ptr<Config> next = run_targets(ctx, signals, first);
+  while (next) {
+    const Config config = std::move(*next);
+    setup_logging(config.log_level);
+    next = run_targets(ctx, signals, config);
+  }
   return 0;
 }
 
