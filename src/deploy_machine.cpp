@@ -1077,8 +1077,10 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
           "resuming after the sentinel stopped");
   }
   if (is_revert_phase(resumed)) {
-    spdlog::warn("{}: the sentinel stopped while reverting {} to {}; redoing the whole revert", target_.name,
-                 short_sha(deploy.commit), short_sha(deploy.previous_known_good));
+    if (resumed != "verifying-reverted") {
+      spdlog::warn("{}: the sentinel stopped while reverting {} to {}; redoing the whole revert", target_.name,
+                   short_sha(deploy.commit), short_sha(deploy.previous_known_good));
+    }
     Verdict failure{false, deploy.failure_reason, {}};
     if (failure.reason.empty()) failure.reason = "the deploy failed (the reason was lost when the sentinel stopped)";
     co_await revert(deploy, std::move(failure));  // a named local: g++ 12 mishandles temporaries here
@@ -1175,9 +1177,23 @@ asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
     give_up("no known-good commit exists to revert to");
     co_return;
   }
+  const auto revert_started = Clock::now();
+  if (deploy.resumed_phase == "verifying-reverted") {
+    // The revert's restart is known to have happened: verify it, and redo the revert only if
+    // production is not healthy on the known-good commit.
+    deploy.resumed_phase.clear();
+    spdlog::warn("{}: the sentinel stopped while verifying the revert of {} to {}; verifying it again without "
+                 "another restart", target_.name, short_sha(deploy.commit), short_sha(target));
+    Verdict again = co_await verify(target, deploy.restart_began);
+    if (again.ok) {
+      finish_revert(deploy, failure, revert_started);
+      co_return;
+    }
+    spdlog::warn("{}: {} is not healthy after the interrupted revert ({}); redoing the whole revert", target_.name,
+                 short_sha(target), again.reason);
+  }
   spdlog::warn("{}: {} failed: {}; reverting to {}", target_.name, deploy.subject(), failure.reason,
                short_sha(target));
-  const auto revert_started = Clock::now();
   deploy.record_phase = "reverting";
   deploy.failure_reason = failure.reason;
   // Not fsynced: a record lost in a power cut leaves "restarting" or "verifying", whose resume
@@ -1217,6 +1233,11 @@ asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
     give_up("after reverting to " + target + ", " + again.reason);
     co_return;
   }
+  finish_revert(deploy, failure, revert_started);
+}
+
+void DeployMachine::finish_revert(const Deploy& deploy, const Verdict& failure, Clock::time_point revert_started) {
+  const std::string& target = deploy.previous_known_good;
   if (target != status_.last_known_good && !store_.set_known_good(target_.name, target)) {
     status_.last_known_good = target;  // the start-up commit has now proven itself
   }

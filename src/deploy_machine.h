@@ -173,6 +173,8 @@ class DeployMachine {
   /// How healthy answers are confirmed, for `status`.
   std::string confirm_description() const;
   boost::asio::awaitable<void> revert(Deploy& deploy, Verdict failure);
+  /// The revert worked: records known-good, writes .deploy-reverted, ends the deploy.
+  void finish_revert(const Deploy& deploy, const Verdict& failure, Clock::time_point revert_started);
 
   /// Moves a refused marker aside and records why; `stuck` when it could not be moved.
   /// `commit` is the one the marker named, if any, for the history.

@@ -115,11 +115,11 @@ bool process_gone(pid_t pid) {
 
 // ---- DaemonProcess ----
 
-DaemonProcess::DaemonProcess(const fs::path& config, const fs::path& log_copy, bool as_journal)
+DaemonProcess::DaemonProcess(const fs::path& config, const fs::path& log_copy, bool as_journal,
+                             std::vector<std::string> env)
     : log_copy_(log_copy) {
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
-  std::vector<std::string> env;
   if (as_journal) {
     struct stat st {};
     ::fstat(fds[1], &st);
@@ -185,9 +185,9 @@ void DaemonProcess::kill_hard() {
   pid_ = -1;
 }
 
-int DaemonProcess::stop() {
+int DaemonProcess::signal_and_wait(int signo) {
   if (pid_ > 0) {
-    ::kill(pid_, SIGTERM);
+    if (signo != 0) ::kill(pid_, signo);
     while (fd_ >= 0 && read_more(100ms)) {
       if (int status = 0; ::waitpid(pid_, &status, WNOHANG) == pid_) {
         exit_status_ = decode(status);
@@ -235,7 +235,8 @@ Production::Production(Options o)
                                : "\"sh\", \"-c\", \"sleep " + o.restart_delay + "; exec \\\"$0\\\" \\\"$@\\\"\", \"" + restart + "\"";
   text += "restart = { command = [" + argv + "], timeout = \"" + o.restart_timeout + "\", kill_grace = \"300ms\" }\n";
   if (o.with_build) {
-    text += "build = { command = [\"sh\", \"-c\", \"echo built $(git rev-parse HEAD) >> ../build.log; "
+    text += "build = { command = [\"sh\", \"-c\", \"" + (o.build_delay.empty() ? "" : "sleep " + o.build_delay + "; ") +
+            "echo built $(git rev-parse HEAD) >> ../build.log; "
             "test ! -e ../build-fails\"] }\n";
   }
   text += "\n[target.health]\nurl = \"http://127.0.0.1:" + std::to_string(port) + "/health\"\n";
@@ -309,7 +310,7 @@ bool Production::healthy() {
 
 DaemonProcess& Production::start_daemon(bool as_journal) {
   daemon_ = std::make_unique<DaemonProcess>(
-      config, tmp.path().parent_path() / (tmp.path().filename().string() + ".daemon.log"), as_journal);
+      config, tmp.path().parent_path() / (tmp.path().filename().string() + ".daemon.log"), as_journal, daemon_env);
   return *daemon_;
 }
 

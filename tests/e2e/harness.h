@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <csignal>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -37,7 +38,9 @@ class DaemonProcess {
  public:
   /// With `as_journal`, JOURNAL_STREAM names the log pipe, as systemd does for a unit whose
   /// stderr is the journal.
-  DaemonProcess(const std::filesystem::path& config, const std::filesystem::path& log_copy, bool as_journal = false);
+  /// `env` entries ("NAME=value") come before, and so win over, this process's environment.
+  DaemonProcess(const std::filesystem::path& config, const std::filesystem::path& log_copy, bool as_journal = false,
+                std::vector<std::string> env = {});
   ~DaemonProcess();
   DaemonProcess(const DaemonProcess&) = delete;
   DaemonProcess& operator=(const DaemonProcess&) = delete;
@@ -49,7 +52,9 @@ class DaemonProcess {
   /// How many log lines contain `text` so far.
   int count_lines(const std::string& text);
   /// SIGTERM, then waits for exit; returns the exit status (128 + signal if killed).
-  int stop();
+  int stop() { return signal_and_wait(SIGTERM); }
+  /// Sends `signo` (none for 0), then reads the log until the daemon exits; returns its exit status.
+  int signal_and_wait(int signo);
   /// SIGKILL, as a crash or the OOM killer would, and reaps it.
   void kill_hard();
   pid_t pid() const { return pid_; }
@@ -74,6 +79,7 @@ class Production {
     std::string restart_delay;  // e.g. "1": the restart command sleeps this many seconds first
     std::string deadline = "3s";
     bool with_build = false;  // the build fails while the file `build-fails` exists beside the checkout
+    std::string build_delay;  // e.g. "0.5": the build sleeps this many seconds first
     bool with_idle = false;
     std::string quiet = "300ms";
     std::string extra;  // more of the target's table, TOML, appended after [target.health]
@@ -108,6 +114,7 @@ class Production {
 
   TempDir tmp;
   std::filesystem::path checkout, markers, state, service_dir, config;
+  std::vector<std::string> daemon_env;  // for start_daemon: "NAME=value", over this process's environment
   std::string target_section;  // this target's [[target]] table, to combine several in one config
   int port = 0;
 
