@@ -357,7 +357,7 @@ void DeployMachine::finish(const Outcome& outcome) {
   enter(Phase::watching, "", "");
 }
 
-void DeployMachine::write_record(const Deploy& deploy, bool durable) {
+boost::system::error_code DeployMachine::write_record(const Deploy& deploy, bool durable) {
   json::object doc{{"phase", deploy.record_phase},
                    {"commit", deploy.commit},
                    {"previous_known_good", deploy.previous_known_good},
@@ -373,9 +373,12 @@ void DeployMachine::write_record(const Deploy& deploy, bool durable) {
                    {"recovery", deploy.recovery},
                    {"restart_began_ticks", deploy.restart_began}};
   const fs::path file = target_.marker_dir / marker_file::in_progress;
-  if (auto ec = write_file_atomic(file, json::serialize(doc) + "\n", durable)) {
+  auto ec = write_file_atomic(file, json::serialize(doc) + "\n", durable);
+  if (ec && ec.message() != record_error_) {  // logged once while it lasts (a full disk)
     spdlog::error("{}: cannot update the deploy record {}: {}", target_.name, file.string(), ec.message());
   }
+  record_error_ = ec ? ec.message() : std::string();
+  return ec;
 }
 
 DeployMachine::Next DeployMachine::reject(std::string_view file_name, const std::string& reason,
@@ -400,6 +403,12 @@ void DeployMachine::stuck(const std::string& why) {
 
 /// Thrown out of a wait once a stop was requested, to unwind the deploy to run().
 struct DeployMachine::StopRequested {};
+
+/// Thrown when the record cannot be written before a deploy's restart (a full disk): the deploy
+/// does not start, and stays pending on disk until the record can be written.
+struct DeployMachine::RecordUnwritable {
+  std::string why;
+};
 
 void DeployMachine::request_stop() {
   stopping_ = true;
@@ -427,6 +436,8 @@ asio::awaitable<void> DeployMachine::wait_for_poke(Clock::time_point until) {
 
 asio::awaitable<void> DeployMachine::start_up() {
   enter(Phase::starting, "", "");
+  std::error_code link_error;
+  marker_dir_was_link_ = fs::is_symlink(target_.marker_dir, link_error);
   KnownGood known_good = store_.read_known_good(target_.name);
   if (!known_good.problem.empty()) spdlog::error("{}: {}", target_.name, known_good.problem);
   status_.last_known_good = known_good.commit;
@@ -524,7 +535,15 @@ asio::awaitable<void> DeployMachine::serve() {
     Deploy deploy;
     switch (co_await next_deploy(deploy)) {
       case Next::deploy:
-        co_await carry_out(deploy);
+        if (std::string unwritable = co_await carry_out_unless_unwritable(deploy); !unwritable.empty()) {
+          if (unwritable != unwritable_) {
+            spdlog::error("{}: {}; trying again every {}", target_.name, unwritable, format_duration(retry_after_));
+          }
+          unwritable_ = unwritable;
+          co_await sleep_for(retry_after_);  // the deploy stays claimed on disk, resumed before its restart
+        } else {
+          unwritable_.clear();
+        }
         break;
       case Next::refused:
         break;  // another marker may be waiting already
@@ -541,8 +560,23 @@ asio::awaitable<void> DeployMachine::serve() {
   }
 }
 
+asio::awaitable<std::string> DeployMachine::carry_out_unless_unwritable(Deploy& deploy) {
+  try {
+    co_await carry_out(deploy);
+  } catch (const RecordUnwritable& e) {
+    co_return e.why;
+  }
+  co_return std::string();
+}
+
 asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) {
   const fs::path record = target_.marker_dir / marker_file::in_progress;
+  std::error_code link_error;
+  if (!marker_dir_was_link_ && fs::is_symlink(target_.marker_dir, link_error)) {
+    stuck("marker directory " + target_.marker_dir.string() + " has been replaced by a symbolic link; nothing in it " +
+          "is deployed until it is a directory again");
+    co_return Next::stuck;
+  }
   bool resumed = false;
   if (exists(marker_file::in_progress)) {
     boost::system::error_code ec;
@@ -565,7 +599,7 @@ asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) 
         if (auto ticks = it->value().if_uint64()) deploy.restart_began = *ticks;
         if (auto ticks = it->value().if_int64(); ticks && *ticks > 0) deploy.restart_began = static_cast<unsigned long long>(*ticks);
       }
-      spdlog::warn("{}: found the deploy of {} that pid {} left in phase {}{}", target_.name, short_sha(deploy.commit),
+      if (unwritable_.empty()) spdlog::warn("{}: found the deploy of {} that pid {} left in phase {}{}", target_.name, short_sha(deploy.commit),
                    obj.contains("pid") ? json::serialize(obj.at("pid")) : "?", deploy.resumed_phase,
                    text("boot_id") == boot_id() ? "" : " before a reboot");
       resumed = true;
@@ -617,7 +651,8 @@ asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) 
   deploy.previous_known_good = status_.last_known_good.empty() ? fallback_commit_ : status_.last_known_good;
   // No record is written yet: until the next phase rewrites it, the claimed marker itself is
   // the record, and a claimed marker found at start-up is deployed like a new one.
-  spdlog::info("{}: claimed deploy of {}{}{}", target_.name, short_sha(deploy.commit),
+  // While the record cannot be written, each retry claims the same deploy again: said once.
+  if (unwritable_.empty()) spdlog::info("{}: claimed deploy of {}{}{}", target_.name, short_sha(deploy.commit),
                deploy.marker.staged_by.empty() ? "" : " staged by " + deploy.marker.staged_by,
                deploy.marker.message.empty() ? "" : ": \"" + one_line(deploy.marker.message) + "\"");
   co_return Next::deploy;
@@ -629,7 +664,7 @@ asio::awaitable<void> DeployMachine::wait_until_idle(Deploy& deploy) {
   write_record(deploy, false);  // a lost rewrite leaves the claimed marker, which resumes the same way
   const std::string what = "deploy of " + short_sha(deploy.commit) + " waiting: ";
   enter(Phase::waiting_idle, deploy.commit, what + "checking whether the agent is idle");
-  spdlog::info("{}: waiting until the agent has been idle for {} before restarting {}", target_.name,
+  if (unwritable_.empty()) spdlog::info("{}: waiting until the agent has been idle for {} before restarting {}", target_.name,
                format_duration(idle.quiet), short_sha(deploy.commit));
   const auto waiting_since = Clock::now();
   QuietTracker quiet(idle.quiet);
@@ -733,7 +768,12 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::restart_and_verify(Deploy
   // know whether this restart happened.
   deploy.record_phase = reverting ? "restarting-reverted" : "restarting";
   deploy.restart_began = boot_ticks_now();  // recorded with the phase: a resumed verify needs it
-  write_record(deploy, false);
+  // A deploy does not start without its record (a full disk): it would be restarted again after
+  // a crash. A revert goes on regardless: production is down on a failed commit.
+  if (auto ec = write_record(deploy, false); ec && !reverting) {
+    throw RecordUnwritable{"cannot record the restart of " + short_sha(commit) + " in " + record.string() + " (" +
+                           ec.message() + "), so the deploy waits"};
+  }
   enter(Phase::restarting, commit, reverting ? "reverting to the last known-good commit" : "");
   deploy.permit = {};  // "restarting" is recorded: a hold from now on is refused
   spdlog::info("{}: restarting production on {}", target_.name, short_sha(commit));
@@ -1216,6 +1256,8 @@ asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
            staged.marker.text, staged.marker.commit);
   }
   if (target_.build) {
+    // Not fsynced: a record lost in a power cut leaves "reverting", whose resume redoes the reset
+    // and this build, which is what resuming "rebuilding" does too.
     deploy.record_phase = "rebuilding";
     write_record(deploy, false);
     enter(Phase::rebuilding, target, "");

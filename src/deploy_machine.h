@@ -138,6 +138,7 @@ class DeployMachine {
   };
 
   struct StopRequested;
+  struct RecordUnwritable;
   boost::asio::awaitable<void> serve();
   boost::asio::awaitable<void> start_up();
   boost::asio::awaitable<void> adopt_running_commit();
@@ -157,6 +158,8 @@ class DeployMachine {
   boost::asio::awaitable<void> wait_for_permit(Deploy& deploy);
   boost::asio::awaitable<Next> next_deploy(Deploy& deploy);
   boost::asio::awaitable<void> carry_out(Deploy& deploy);
+  /// carry_out, or why the deploy could not start because its record could not be written.
+  boost::asio::awaitable<std::string> carry_out_unless_unwritable(Deploy& deploy);
   boost::asio::awaitable<void> wait_until_idle(Deploy& deploy);
   /// Restarts production on the deploy's commit, or on its previous known-good when `reverting`.
   boost::asio::awaitable<Verdict> restart_and_verify(Deploy& deploy, bool reverting);
@@ -184,7 +187,8 @@ class DeployMachine {
   void stuck(const std::string& why);
   void finish(const Outcome& outcome);
   void enter(Phase phase, const std::string& commit, const std::string& detail);
-  void write_record(const Deploy& deploy, bool durable);
+  /// Rewrites `.deploy-in-progress`; a failure is logged and returned.
+  boost::system::error_code write_record(const Deploy& deploy, bool durable);
   bool exists(std::string_view file_name) const;
   /// Reads a marker in the marker directory, accepting the configured owners (by default the
   /// directory's owner and root).
@@ -201,6 +205,9 @@ class DeployMachine {
   bool poked_ = false;
   bool stopping_ = false;
   Duration retry_after_{5000};
+  std::string unwritable_;  // why the last deploy could not record its restart, logged once
+  std::string record_error_;  // the last failure to write the record, logged once
+  bool marker_dir_was_link_ = false;  // configured as a symbolic link: followed; swapped for one: refused
   boost::asio::steady_timer* sleeping_ = nullptr;  // the timer of the wait in progress, to cut it short
   Phase phase_ = Phase::starting;
   TargetStatus status_;

@@ -68,9 +68,11 @@ struct MarkerWatch::Impl : std::enable_shared_from_this<MarkerWatch::Impl> {
   int dir_wd = -1;
   int parent_wd = -1;
   bool stopped = false;
+  bool follow_symlink = false;  // the directory was configured as a symbolic link
+  bool said_symlink = false;
 
   int add_dir_watch() {
-    dir_wd = inotify_add_watch(inotify.native_handle(), dir.c_str(), kDirMask);
+    dir_wd = inotify_add_watch(inotify.native_handle(), dir.c_str(), kDirMask | (follow_symlink ? 0 : IN_DONT_FOLLOW));
     return dir_wd >= 0 ? 0 : errno;
   }
 
@@ -101,7 +103,16 @@ struct MarkerWatch::Impl : std::enable_shared_from_this<MarkerWatch::Impl> {
   }
 
   void try_dir_back() {
-    if (add_dir_watch() != 0) return;
+    if (int err = add_dir_watch(); err != 0) {
+      // A directory swapped for a link would send the sentinel's claims and records elsewhere.
+      if (err == ENOTDIR && !said_symlink && fs::is_symlink(dir)) {
+        spdlog::error("{}: marker directory {} came back as a symbolic link; nothing in it is deployed until it is "
+                      "a directory again", label, dir.string());
+        said_symlink = true;
+      }
+      return;
+    }
+    said_symlink = false;
     if (parent_wd >= 0) inotify_rm_watch(inotify.native_handle(), parent_wd);
     parent_wd = -1;
     spdlog::info("{}: marker directory {} is back; rescanning it", label, dir.string());
@@ -191,6 +202,7 @@ void MarkerWatch::start() {
   int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
   if (fd < 0) throw StartupError(inotify_failure("cannot watch", impl_->dir, errno));
   impl_->inotify.assign(fd);
+  impl_->follow_symlink = fs::is_symlink(impl_->dir);
   if (int err = impl_->add_dir_watch(); err != 0) {
     throw StartupError(inotify_failure("cannot watch directory", impl_->dir, err));
   }

@@ -379,3 +379,24 @@ TEST_CASE("check-config reports a typo'd key and a bad duration with FILE:LINE:C
   auto good = run_program({SENTINEL_BIN, "check-config", file.string()});
   CHECK(good.status == 0);
 }
+
+TEST_CASE("a marker directory swapped for a symbolic link is not followed, and deploys again once it is a directory") {
+  Production prod;
+  auto& daemon = prod.start_watching();
+  const fs::path elsewhere = prod.tmp / "elsewhere";
+  fs::create_directory(elsewhere);
+  fs::rename(prod.markers, prod.tmp / "markers.old");
+  REQUIRE(daemon.wait_for_line("disappeared") >= 0);
+  fs::create_directory_symlink(elsewhere, prod.markers);
+  REQUIRE(daemon.wait_for_line("came back as a symbolic link") >= 0);
+  std::string sha = prod.commit("healthy");
+  write_file(elsewhere / ".deploy-ready", "");  // through the link: must not be taken
+
+  fs::remove(prod.markers);
+  fs::create_directory(prod.markers);
+  REQUIRE(daemon.wait_for_line("is back") >= 0);
+  prod.stage_by_rename();
+  REQUIRE(daemon.wait_for_line("deployed " + short_sha(sha)) >= 0);
+  CHECK(fs::exists(elsewhere / ".deploy-ready"));  // never claimed through the link
+  CHECK(prod.restarts().size() == 2);
+}
