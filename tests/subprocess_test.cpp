@@ -535,3 +535,13 @@ TEST_CASE("a command that prints a flood of lines is logged up to a burst, then 
   CHECK(text.find("lines not logged (more than 100 lines a second)") != std::string::npos);
   CHECK(joined(r.tail).find("line 19999") != std::string::npos);  // the tail sees everything
 }
+
+TEST_CASE("a command that closes its output and keeps running is waited for until it exits, not until EOF") {
+  RunSpec spec = shell("exec >&- 2>&-; sleep 0.3; exit 3");
+  const auto started = Clock::now();
+  RunResult r = run(spec);
+  CHECK(r.end == End::exited);
+  CHECK(r.code == 3);  // its real status: the run did not end at EOF
+  CHECK(Clock::now() - started >= 300ms);
+  CHECK(r.tail.empty());
+}

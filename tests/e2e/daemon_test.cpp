@@ -5,7 +5,10 @@
 #include <boost/json.hpp>
 #include <doctest/doctest.h>
 
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <sstream>
@@ -229,7 +232,8 @@ TEST_CASE("no restart while the idle command says busy; the restart comes after 
   CHECK(prod.restarts().size() == 2);
 }
 
-TEST_CASE("a symlink, FIFO, directory or oversized marker is refused with a reason and the daemon keeps running") {
+TEST_CASE("hostile markers (symlink, FIFO, directory, hard link, socket, 1 GiB, garbage, deep JSON, bad SHA, foreign "
+          "owner) are each refused with a reason and the daemon keeps running") {
   Production prod;
   auto& daemon = prod.start_watching();
   int from = 0;
@@ -259,6 +263,45 @@ TEST_CASE("a symlink, FIFO, directory or oversized marker is refused with a reas
 
   prod.stage_by_rename("{not json");
   refused("neither empty nor valid JSON");
+
+  write_file(prod.tmp / "secret", "{\"commit\": \"0123456\"}");
+  fs::create_hard_link(prod.tmp / "secret", prod.marker(".deploy-ready"));
+  refused("hard link");
+  CHECK(read_file(prod.marker(".deploy-rejected")).find("0123456") == std::string::npos);  // not leaked
+
+  {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    const std::string path = prod.marker(".deploy-ready").string();
+    REQUIRE(path.size() < sizeof addr.sun_path);
+    std::copy(path.begin(), path.end(), addr.sun_path);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    refused("socket");
+    ::close(fd);
+  }
+
+  {
+    const fs::path tmp = prod.marker(".big");
+    write_file(tmp, "");
+    fs::resize_file(tmp, 1ULL << 30);  // sparse: costs no disk
+    fs::rename(tmp, prod.marker(".deploy-ready"));
+    refused("1073741824 bytes");
+  }
+
+  prod.stage_by_rename(std::string("\x7f" "ELF\x02\x01\x01\0\0\0\xff\xfe garbage", 20));
+  refused("neither empty nor valid JSON");
+
+  prod.stage_by_rename(std::string(5000, '[') + std::string(5000, ']'));
+  refused("too deep");
+
+  prod.stage_by_rename("{\"commit\": \"$(reboot)\"}");
+  refused("is not a 7-40 digit hex SHA");
+
+  write_file(prod.marker(".foreign"), "");
+  REQUIRE(::chown(prod.marker(".foreign").c_str(), 4242, 4242) == 0);  // not the marker dir's owner, not root
+  fs::rename(prod.marker(".foreign"), prod.marker(".deploy-ready"));
+  refused("owned by uid 4242");
 
   std::string sha = prod.commit("healthy");
   prod.stage_by_rename();
