@@ -195,11 +195,17 @@ MarkerCheck read_marker(const fs::path& file) {
     check.reason = "the marker could not be read safely: " + ec.message();
     return check;
   }
-  check.marker.text = text;
+  return parse_marker(text);
+}
+
+MarkerCheck parse_marker(std::string_view text) {
+  MarkerCheck check;
+  check.marker.text = std::string(text);
   if (std::all_of(text.begin(), text.end(), [](unsigned char c) { return std::isspace(c); })) {
     check.ok = true;
     return check;
   }
+  error_code ec;
   json::value doc = json::parse(text, ec);
   if (ec == json::error::incomplete) check.truncated_json = true;
   if (ec || !doc.is_object()) {

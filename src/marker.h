@@ -47,6 +47,11 @@ struct MarkerCheck {
 /// empty (whitespace) nor a JSON object with string fields. A `commit` must be 7-40 hex digits.
 MarkerCheck read_marker(const std::filesystem::path& file);
 
+/// The text part of read_marker, for text already in memory: accepts empty (whitespace) text or
+/// a JSON object whose known fields are strings (or null) and whose `commit`, if any, is 7-40 hex
+/// digits; refuses anything else with a reason. Never throws except std::bad_alloc.
+MarkerCheck parse_marker(std::string_view text);
+
 /// Serialises a marker for `deploy-sentinel stage` (JSON object, trailing newline).
 std::string marker_json(const Marker& marker);
 
