@@ -214,6 +214,40 @@ TEST_CASE("a commit that is not a 7-40 digit hex SHA is refused and named in the
   }
 }
 
+// Found by fuzz_marker's one-line check: the commit went into the reason as it was, and the reason
+// is logged as one line, so a "\n<0>..." in a marker forged a journal entry of any priority.
+TEST_CASE("a commit with line breaks or control characters is refused with them escaped, on one line") {
+  const MarkerCheck check = parse_marker(R"({"commit": "abc\n<0>forged\r\u001b[2J\u0000\u009b\"\\"})");
+  CHECK_FALSE(check.ok);
+  CHECK(check.reason == R"(the marker's commit "abc\u000a<0>forged\u000d\u001b[2J\u0000\u009b\"\\" is not a 7-40 digit hex SHA)");
+}
+
+// Found by fuzz_marker's length check: a 60 KiB commit made a 60 KiB log line.
+TEST_CASE("a long commit is cut in the reason at a character boundary") {
+  std::string two_byte_chars;
+  for (int i = 0; i < 100; ++i) two_byte_chars += "\xc3\xa9";  // é
+  const MarkerCheck check = parse_marker(R"({"commit": "x)" + std::string(40, 'a') + two_byte_chars + "\"}");
+  CHECK_FALSE(check.ok);
+  CHECK(check.reason == "the marker's commit \"x" + std::string(40, 'a') + two_byte_chars.substr(0, 22) +
+                            "\"... is not a 7-40 digit hex SHA");
+  CHECK(to_valid_utf8(check.reason) == check.reason);
+}
+
+TEST_CASE("parse_marker judges text as read_marker judges a file with that text") {
+  ScratchDir dir;
+  for (const char* text : {"", " \n", R"({"commit": "abc1234", "message": "m"})", R"({"commit": "main"})", "[1]", "{"}) {
+    CAPTURE(text);
+    const MarkerCheck from_file = read_ready(dir, text);
+    const MarkerCheck from_text = parse_marker(text);
+    CHECK(from_text.ok == from_file.ok);
+    CHECK(from_text.reason == from_file.reason);
+    CHECK(from_text.truncated_json == from_file.truncated_json);
+    CHECK(from_text.marker.commit == from_file.marker.commit);
+    CHECK(from_text.marker.message == from_file.marker.message);
+    CHECK(from_text.marker.text == text);
+  }
+}
+
 TEST_CASE("a known field that is not a string is refused, naming the field") {
   ScratchDir dir;
   MarkerCheck commit = read_ready(dir, R"({"commit": 1234567})");
