@@ -236,6 +236,12 @@ TEST_CASE("a lease file that cannot be trusted is unreadable, and its descriptio
     write_file(file, R"({"expires_at": "2026-02-30T14:05:00Z"})");
     check_unreadable("\"expires_at\" is not a UTC time");
   }
+  // Found by fuzz_lease: the year 9999 overflowed the clock's nanoseconds and wrapped to 1816, so
+  // a lease meant to last until released read as long expired and did not hold off a restart.
+  SUBCASE("an expires_at beyond what the clock can hold") {
+    write_file(file, R"({"reason": "forever", "expires_at": "9999-12-31T23:59:59Z"})");
+    check_unreadable("\"expires_at\" is not a UTC time like \"2026-11-25T14:05:00Z\" (up to 2262)");
+  }
   SUBCASE("a pid that is not a positive integer") {
     write_file(file, R"({"expires_at": "2026-11-25T14:05:00Z", "pid": "4411"})");
     check_unreadable("\"pid\"");
@@ -291,6 +297,13 @@ TEST_CASE("parse_utc reads what format_utc writes and nothing else") {
     CHECK_FALSE(parse_utc(bad));
   }
   CHECK(parse_utc("2028-02-29T00:00:00Z"));  // a leap year
+  // The range of system_clock's 64-bit nanoseconds, and nothing beyond it (found by fuzz_lease).
+  CHECK(parse_utc("2262-04-11T23:47:16Z") == system_clock::from_time_t(9223372036));
+  CHECK(parse_utc("1677-09-21T00:12:44Z") == system_clock::from_time_t(-9223372036));
+  for (const char* far : {"2262-04-11T23:47:17Z", "9999-12-31T23:59:59Z", "1677-09-21T00:12:43Z", "0000-01-01T00:00:00Z"}) {
+    INFO(far);
+    CHECK_FALSE(parse_utc(far));
+  }
 }
 
 TEST_CASE("a second lease lock is refused while the first is held, even in the same process, and granted after") {
