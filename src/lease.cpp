@@ -33,8 +33,9 @@ constexpr std::size_t kMaxLeaseBytes = 64 * 1024;
 std::error_code last_error() { return std::error_code(errno, std::system_category()); }
 
 /// "'cycle 812'", or nothing for a lease without a reason: "lease 'cycle 812' held ..." / "lease held ...".
+/// The reason is the lease writer's text and ends up in one log line: quoted_for_log keeps it there.
 std::string lease_name(const Lease& lease) {
-  return lease.reason.empty() ? std::string("lease") : "lease '" + lease.reason + "'";
+  return lease.reason.empty() ? std::string("lease") : "lease " + quoted_for_log(lease.reason, '\'');
 }
 
 /// "14:05:00Z" when `t` is within a day of `now`, the full "2026-11-25T14:05:00Z" otherwise.

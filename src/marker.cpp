@@ -105,6 +105,33 @@ std::string to_valid_utf8(std::string_view text) {
   return out;
 }
 
+std::string quoted_for_log(std::string_view text, char quote, std::size_t max_bytes) {
+  const bool cut = text.size() > max_bytes;
+  if (cut) {
+    std::size_t end = max_bytes;
+    while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;
+    text = text.substr(0, end);
+  }
+  std::string out(1, quote);
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    const bool c1 = c == 0xC2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) <= 0x9F;
+    if (c == static_cast<unsigned char>(quote) || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20 || c == 0x7f || c1) {
+      const unsigned code = c1 ? static_cast<unsigned char>(text[++i]) : c;
+      char escape[8];
+      std::snprintf(escape, sizeof escape, "\\u%04x", code);
+      out += escape;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  out += quote;
+  return cut ? out + "..." : out;
+}
+
 std::string format_utc(std::chrono::system_clock::time_point t) {
   std::time_t secs = std::chrono::system_clock::to_time_t(t);
   std::tm tm{};
@@ -198,42 +225,6 @@ MarkerCheck read_marker(const fs::path& file) {
   return parse_marker(text);
 }
 
-namespace {
-
-/// Marker text quoted in a refusal reason shows at most this many bytes.
-constexpr std::size_t kMaxQuotedBytes = 64;
-
-/// `text` (valid UTF-8) for a one-line reason: in double quotes, with quotes, backslashes and
-/// control characters (C0, DEL, C1) escaped, so a marker cannot break or forge a log line, and
-/// cut at a character boundary after kMaxQuotedBytes with "..." appended.
-std::string quoted_for_reason(std::string_view text) {
-  const bool cut = text.size() > kMaxQuotedBytes;
-  if (cut) {
-    std::size_t end = kMaxQuotedBytes;
-    while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;
-    text = text.substr(0, end);
-  }
-  std::string out = "\"";
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    const bool c1 = c == 0xC2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) <= 0x9F;
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20 || c == 0x7f || c1) {
-      const unsigned code = c1 ? static_cast<unsigned char>(text[++i]) : c;
-      char escape[8];
-      std::snprintf(escape, sizeof escape, "\\u%04x", code);
-      out += escape;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out + (cut ? "\"..." : "\"");
-}
-
-}  // namespace
-
 MarkerCheck parse_marker(std::string_view text) {
   MarkerCheck check;
   check.marker.text = std::string(text);
@@ -263,7 +254,7 @@ MarkerCheck parse_marker(std::string_view text) {
     if (value.is_string()) *field = std::string(value.as_string());
   }
   if (!check.marker.commit.empty() && !looks_like_commit(check.marker.commit)) {
-    check.reason = "the marker's commit " + quoted_for_reason(check.marker.commit) + " is not a 7-40 digit hex SHA";
+    check.reason = "the marker's commit " + quoted_for_log(check.marker.commit, '"') + " is not a 7-40 digit hex SHA";
     return check;
   }
   check.ok = true;

@@ -83,6 +83,12 @@ std::string read_small_file(const std::filesystem::path& file, boost::system::er
 /// into JSON (Boost.JSON copies string bytes as they are).
 std::string to_valid_utf8(std::string_view text);
 
+/// `text` (valid UTF-8) for one line of a log or a reason: between two `quote` characters, with
+/// `quote`, backslashes and control characters (C0, DEL, C1) escaped (\", \\, \u000a), so text from
+/// a marker or a lease cannot break or forge a log line; cut at a character boundary after
+/// `max_bytes`, with "..." after the closing quote.
+std::string quoted_for_log(std::string_view text, char quote, std::size_t max_bytes = 64);
+
 /// "2026-11-25T14:03:12Z".
 std::string format_utc(std::chrono::system_clock::time_point t);
 

@@ -132,6 +132,20 @@ TEST_CASE("a lease without a pid is held until it expires, and expired from then
   CHECK(after.describe == "lease 'cycle 812' expired at 14:05:00Z");
 }
 
+// Found by fuzz_lease: the reason went into the description as it was, and the description is
+// logged as one line, so a "\n<0>..." in a lease file forged a journal entry of any priority.
+TEST_CASE("a lease's reason is quoted with control characters escaped and cut, so it stays on one line") {
+  TempDir dir;
+  const fs::path file = dir / "prod.lease";
+  write_file(file, R"({"reason": "cycle\n<0>forged 'x' \u001b[2J", "expires_at": "2026-11-25T14:05:00Z"})");
+  CHECK(read_lease(file, at("2026-11-25T14:00:00Z")).describe ==
+        R"(lease 'cycle\u000a<0>forged \'x\' \u001b[2J' (no pid) until 14:05:00Z)");
+
+  write_file(file, R"({"reason": ")" + std::string(100, 'r') + R"(", "expires_at": "2026-11-25T14:05:00Z"})");
+  CHECK(read_lease(file, at("2026-11-25T14:00:00Z")).describe ==
+        "lease '" + std::string(64, 'r') + "'... (no pid) until 14:05:00Z");
+}
+
 TEST_CASE("a lease that ends more than a day away is described with its date") {
   TempDir dir;
   REQUIRE_FALSE(write_lease(dir / "prod.lease", lease_until(at("2026-11-27T14:05:00Z"))));
