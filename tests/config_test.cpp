@@ -385,6 +385,18 @@ restart = { command = ["r"], timeout = "0s" }
   CHECK(config.targets[0].idle->quiet == 0s);
 }
 
+// Found while writing fuzz_config's checks: "deadline = \"300000d\"" parsed, and the daemon's
+// now() + deadline overflows the clocks' 64-bit nanoseconds (undefined behaviour).
+TEST_CASE("a duration over 100 years is rejected, and one of exactly 100 years is not") {
+  CHECK(error_in(kMinimalTarget + R"(idle = { command = ["i"], max_wait = "36500d1ms" })") ==
+        R"(/etc/ds.toml:7:38: target[1].idle.max_wait: must be at most "36500d" (100 years), got "36500d1ms")");
+  CHECK(error_in(kMinimalTarget + R"(monitor = { window = "9223372036854775807ms" })") ==
+        R"(/etc/ds.toml:7:22: target[1].monitor.window: must be at most "36500d" (100 years), got "9223372036854775807ms")");
+
+  const Config config = parse(kMinimalTarget + R"(idle = { command = ["i"], max_wait = "36500d" })");
+  CHECK(config.targets[0].idle->max_wait == std::chrono::days(36500));
+}
+
 TEST_CASE("a command that is not an array of strings is reported with an example") {
   const std::string head = R"(
 [[target]]

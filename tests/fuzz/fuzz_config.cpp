@@ -4,6 +4,7 @@
 #include "config.h"
 #include "fuzz_check.h"
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -28,10 +29,15 @@ bool names_a_position(std::string_view message) {
   return message.starts_with(' ');
 }
 
+/// Deadlines are now() plus a duration in 64-bit nanoseconds: a century leaves room either way.
+constexpr sentinel::Duration kLongest = std::chrono::days(36500);
+
+bool fits_the_clocks(sentinel::Duration d) { return d.count() >= 0 && d <= kLongest; }
+
 void check_command(const sentinel::CommandSpec& spec) {
   expect(!spec.argv.empty() && !spec.argv.front().empty(), "a command has a program");
   expect(spec.timeout.count() > 0, "a command's timeout is longer than zero");
-  expect(spec.kill_grace.count() >= 0, "a command's kill grace is not negative");
+  expect(fits_the_clocks(spec.timeout) && fits_the_clocks(spec.kill_grace), "a command's durations fit the clocks");
 }
 
 void check_config(const sentinel::Config& config) {
@@ -49,19 +55,30 @@ void check_config(const sentinel::Config& config) {
     expect(health.successes >= 1 && health.timeout.count() > 0 && health.interval.count() > 0 &&
                health.deadline.count() > 0 && health.grace.count() >= 0,
            "health timings are usable");
+    expect(fits_the_clocks(health.timeout) && fits_the_clocks(health.interval) && fits_the_clocks(health.deadline) &&
+               fits_the_clocks(health.grace),
+           "health durations fit the clocks");
     if (target.idle) {
       expect(!target.idle->command.empty() || target.idle->http || !target.idle->lease_file.empty(),
              "idle has a source");
-      expect(target.idle->interval.count() > 0 && target.idle->timeout.count() > 0, "idle timings are usable");
+      const sentinel::IdleConfig& idle = *target.idle;
+      expect(idle.interval.count() > 0 && idle.timeout.count() > 0, "idle timings are usable");
+      expect(fits_the_clocks(idle.interval) && fits_the_clocks(idle.timeout) && fits_the_clocks(idle.quiet) &&
+                 (!idle.max_wait || fits_the_clocks(*idle.max_wait)),
+             "idle durations fit the clocks");
     }
     if (target.cycle) {
       check_command(target.cycle->command);
       expect(target.cycle->every.count() > 0, "a cycle has a period");
+      expect(fits_the_clocks(target.cycle->every) && fits_the_clocks(target.cycle->jitter),
+             "cycle durations fit the clocks");
     }
     if (target.monitor) {
       expect(target.monitor->failures >= 1 && target.monitor->max_recoveries >= 1 &&
                  target.monitor->interval.count() > 0,
              "monitor settings are usable");
+      expect(fits_the_clocks(target.monitor->interval) && fits_the_clocks(target.monitor->window),
+             "monitor durations fit the clocks");
     }
   }
 }
