@@ -57,6 +57,9 @@ constexpr std::array kMatchKeys{"field"sv, "equals"sv};
 constexpr std::array kCycleKeys{"command"sv, "every"sv, "jitter"sv, "after_recovery"sv, "timeout"sv, "kill_grace"sv};
 constexpr std::array kMonitorKeys{"interval"sv, "failures"sv, "max_recoveries"sv, "window"sv};
 constexpr Duration kDefaultCycleTimeout = 60s;
+// The longest duration a key may have. Deadlines are computed as a clock's now() plus the duration
+// in 64-bit nanoseconds, which overflow (undefined behaviour) a few hundred years out.
+constexpr Duration kMaxDuration = std::chrono::days(36500);
 constexpr std::array kLogLevels{"trace"sv, "debug"sv,    "info"sv, "warn"sv,
                                 "error"sv, "critical"sv, "off"sv};
 
@@ -358,6 +361,7 @@ class TableReader {
     if (zero == ZeroDuration::rejected && parsed->count() == 0) {
       fail(key, R"(must be longer than zero, like "1s")");
     }
+    if (*parsed > kMaxDuration) fail(key, R"(must be at most "36500d" (100 years), got )" + in_quotes(text));
     return parsed;
   }
 

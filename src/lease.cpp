@@ -33,8 +33,9 @@ constexpr std::size_t kMaxLeaseBytes = 64 * 1024;
 std::error_code last_error() { return std::error_code(errno, std::system_category()); }
 
 /// "'cycle 812'", or nothing for a lease without a reason: "lease 'cycle 812' held ..." / "lease held ...".
+/// The reason is the lease writer's text and ends up in one log line: quoted_for_log keeps it there.
 std::string lease_name(const Lease& lease) {
-  return lease.reason.empty() ? std::string("lease") : "lease '" + lease.reason + "'";
+  return lease.reason.empty() ? std::string("lease") : "lease " + quoted_for_log(lease.reason, '\'');
 }
 
 /// "14:05:00Z" when `t` is within a day of `now`, the full "2026-11-25T14:05:00Z" otherwise.
@@ -169,6 +170,11 @@ std::optional<system_clock::time_point> parse_utc(std::string_view text) {
       tm.tm_sec != asked.tm_sec) {
     return std::nullopt;
   }
+  // from_time_t multiplies into nanoseconds: "9999-12-31T23:59:59Z" would overflow (undefined; in
+  // practice it wrapped to 1816, and a lease meant to last forever read as long expired).
+  using std::chrono::seconds;
+  const auto limit = std::chrono::duration_cast<seconds>(system_clock::duration::max()).count();
+  if (secs > limit || secs < -limit) return std::nullopt;
   return system_clock::from_time_t(secs);
 }
 
@@ -196,7 +202,7 @@ LeaseView read_lease(const fs::path& file, system_clock::time_point now) {
   const auto expires_at = parse_utc(expires);
   if (!expires_at) {
     return unreadable(file, expires.empty() ? std::string("it has no \"expires_at\"")
-                                            : "its \"expires_at\" is not a UTC time like \"2026-11-25T14:05:00Z\"");
+                                            : "its \"expires_at\" is not a UTC time like \"2026-11-25T14:05:00Z\" (up to 2262)");
   }
   lease.expires_at = *expires_at;
   bool bad_pid = false, bad_start = false;

@@ -55,7 +55,8 @@ std::error_code write_lease(const std::filesystem::path& file, const Lease& leas
 std::optional<unsigned long long> process_start_time(pid_t pid);
 
 /// The inverse of format_utc: "2026-11-25T14:05:00Z" exactly (UTC, whole seconds), or nullopt for
-/// anything else, including impossible dates such as February 30.
+/// anything else, including impossible dates such as February 30 and times the clock cannot hold
+/// (system_clock counts nanoseconds in 64 bits: 1677-09-21 to 2262-04-11).
 std::optional<std::chrono::system_clock::time_point> parse_utc(std::string_view text);
 
 /// What is wrong with lease lock file `lock` that could not be opened (`ec`), and the fix.

@@ -74,29 +74,6 @@ bool is_utf8(std::string_view text) {
   return true;
 }
 
-/// `text` for a log line or a reason: in double quotes, at most 64 bytes of it, with quotes,
-/// backslashes and every byte outside printable ASCII escaped, so no one can forge log lines.
-std::string quoted_excerpt(std::string_view text) {
-  constexpr std::size_t kMax = 64;
-  std::string out = "\"";
-  for (unsigned char c : text.substr(0, kMax)) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c >= 0x20 && c < 0x7f) {
-      out += static_cast<char>(c);
-    } else {
-      static constexpr char kHex[] = "0123456789abcdef";
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 0xf];
-    }
-  }
-  out += '"';
-  if (text.size() > kMax) out += " (" + std::to_string(text.size()) + " bytes, cut)";
-  return out;
-}
-
 std::string describe_type(mode_t mode) {
   if (S_ISDIR(mode)) return "a directory";
   if (S_ISFIFO(mode)) return "a FIFO";
@@ -126,6 +103,33 @@ std::string to_valid_utf8(std::string_view text) {
     }
   }
   return out;
+}
+
+std::string quoted_for_log(std::string_view text, char quote, std::size_t max_bytes) {
+  const bool cut = text.size() > max_bytes;
+  if (cut) {
+    std::size_t end = max_bytes;
+    while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;
+    text = text.substr(0, end);
+  }
+  std::string out(1, quote);
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    const bool c1 = c == 0xC2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) <= 0x9F;
+    if (c == static_cast<unsigned char>(quote) || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20 || c == 0x7f || c1) {
+      const unsigned code = c1 ? static_cast<unsigned char>(text[++i]) : c;
+      char escape[8];
+      std::snprintf(escape, sizeof escape, "\\u%04x", code);
+      out += escape;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  out += quote;
+  return cut ? out + "..." : out;
 }
 
 std::string format_utc(std::chrono::system_clock::time_point t) {
@@ -240,11 +244,17 @@ MarkerCheck read_marker(const fs::path& file, std::span<const uid_t> allowed_own
     return check;
   }
   if (check.reason = foreign(opened); !check.reason.empty()) return check;
-  check.marker.text = text;
+  return parse_marker(text);
+}
+
+MarkerCheck parse_marker(std::string_view text) {
+  MarkerCheck check;
+  check.marker.text = std::string(text);
   if (std::all_of(text.begin(), text.end(), [](unsigned char c) { return std::isspace(c); })) {
     check.ok = true;
     return check;
   }
+  error_code ec;
   json::value doc = json::parse(text, ec);
   if (ec == json::error::incomplete) check.truncated_json = true;
   if (ec || !doc.is_object()) {
@@ -266,7 +276,7 @@ MarkerCheck read_marker(const fs::path& file, std::span<const uid_t> allowed_own
     if (value.is_string()) *field = std::string(value.as_string());
   }
   if (!check.marker.commit.empty() && !looks_like_commit(check.marker.commit)) {
-    check.reason = "the marker's commit " + quoted_excerpt(check.marker.commit) + " is not a 7-40 digit hex SHA";
+    check.reason = "the marker's commit " + quoted_for_log(check.marker.commit, '"') + " is not a 7-40 digit hex SHA";
     return check;
   }
   check.ok = true;

@@ -52,6 +52,11 @@ struct MarkerCheck {
 /// owned by a uid not in it, is refused unread.
 MarkerCheck read_marker(const std::filesystem::path& file, std::span<const uid_t> allowed_owners = {});
 
+/// The text part of read_marker, for text already in memory: accepts empty (whitespace) text or
+/// a JSON object whose known fields are strings (or null) and whose `commit`, if any, is 7-40 hex
+/// digits; refuses anything else with a reason. Never throws except std::bad_alloc.
+MarkerCheck parse_marker(std::string_view text);
+
 /// Serialises a marker for `deploy-sentinel stage` (JSON object, trailing newline).
 std::string marker_json(const Marker& marker);
 
@@ -83,6 +88,12 @@ std::string read_small_file(const std::filesystem::path& file, boost::system::er
 /// `text` with every byte that is not part of well-formed UTF-8 replaced by U+FFFD, so it can go
 /// into JSON (Boost.JSON copies string bytes as they are).
 std::string to_valid_utf8(std::string_view text);
+
+/// `text` (valid UTF-8) for one line of a log or a reason: between two `quote` characters, with
+/// `quote`, backslashes and control characters (C0, DEL, C1) escaped (\", \\, \u000a), so text from
+/// a marker or a lease cannot break or forge a log line; cut at a character boundary after
+/// `max_bytes`, with "..." after the closing quote.
+std::string quoted_for_log(std::string_view text, char quote, std::size_t max_bytes = 64);
 
 /// "2026-11-25T14:03:12Z".
 std::string format_utc(std::chrono::system_clock::time_point t);

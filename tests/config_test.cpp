@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <vector>
 
 namespace sentinel {
 namespace {
@@ -385,6 +386,18 @@ restart = { command = ["r"], timeout = "0s" }
   CHECK(config.targets[0].idle->quiet == 0s);
 }
 
+// Found while writing fuzz_config's checks: "deadline = \"300000d\"" parsed, and the daemon's
+// now() + deadline overflows the clocks' 64-bit nanoseconds (undefined behaviour).
+TEST_CASE("a duration over 100 years is rejected, and one of exactly 100 years is not") {
+  CHECK(error_in(kMinimalTarget + R"(idle = { command = ["i"], max_wait = "36500d1ms" })") ==
+        R"(/etc/ds.toml:7:38: target[1].idle.max_wait: must be at most "36500d" (100 years), got "36500d1ms")");
+  CHECK(error_in(kMinimalTarget + R"(monitor = { window = "9223372036854775807ms" })") ==
+        R"(/etc/ds.toml:7:22: target[1].monitor.window: must be at most "36500d" (100 years), got "9223372036854775807ms")");
+
+  const Config config = parse(kMinimalTarget + R"(idle = { command = ["i"], max_wait = "36500d" })");
+  CHECK(config.targets[0].idle->max_wait == std::chrono::days(36500));
+}
+
 TEST_CASE("a command that is not an array of strings is reported with an example") {
   const std::string head = R"(
 [[target]]
@@ -629,6 +642,47 @@ log_level = "info"
 log_level = "debug"
 )") == "/etc/ds.toml:3:13: syntax error: Error while parsing key-value pair: cannot redefine "
        "existing string 'log_level'");
+}
+
+/// `c` (not a surrogate) in UTF-8.
+std::string utf8(char32_t c) {
+  std::string out;
+  if (c < 0x80) {
+    out += static_cast<char>(c);
+  } else if (c < 0x800) {
+    out += static_cast<char>(0xC0 | (c >> 6));
+    out += static_cast<char>(0x80 | (c & 0x3F));
+  } else {
+    out += static_cast<char>(0xE0 | (c >> 12));
+    out += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (c & 0x3F));
+  }
+  return out;
+}
+
+// Found by fuzz_config: toml++ 3.3.0 (Debian 12) reaches __builtin_unreachable() when it asks
+// whether a code point from U+00A1 to U+0499 or U+FB26 to U+FEFE is whitespace (upstream
+// marzer/tomlplusplus#190 and #295). Debian's g++ build of the library, which the daemon links,
+// answers "no"; these tests pin that down for every such code point, so a rebuilt library that
+// does something else fails here rather than in production.
+TEST_CASE("a non-ASCII character where TOML expects a key or a value is a syntax error with its position") {
+  CHECK(error_in("caf\u00e9 = 1\n") ==
+        "/etc/ds.toml:1:4: syntax error: Error while parsing key-value pair: expected '=', saw '\u00e9'");
+  for (char32_t c = 0xA1; c <= 0xFEFE; c = c == 0x499 ? 0xFB26 : c + 1) {
+    CAPTURE(static_cast<unsigned>(c));
+    const std::string message = error_in("key" + utf8(c) + " = 1\n");
+    REQUIRE(message.starts_with("/etc/ds.toml:1:4: syntax error: "));
+  }
+}
+
+TEST_CASE("a line-ending backslash in a multi-line string before a non-ASCII character keeps it") {
+  const Config config = parse(kMinimalTarget + "build = { command = [\"\"\"\\\n\u00a7 make\"\"\"] }\n");
+  CHECK(config.targets.at(0).build->argv == std::vector<std::string>{"\u00a7 make"});
+  for (char32_t c = 0xA1; c <= 0xFEFE; c = c == 0x499 ? 0xFB26 : c + 1) {
+    CAPTURE(static_cast<unsigned>(c));
+    const Config each = parse(kMinimalTarget + "build = { command = [\"\"\"\\\n" + utf8(c) + "x\"\"\"] }\n");
+    REQUIRE(each.targets.at(0).build->argv == std::vector<std::string>{utf8(c) + "x"});
+  }
 }
 
 TEST_CASE("a config file on disk is read, and relative paths are taken from its directory") {

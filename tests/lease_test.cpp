@@ -132,6 +132,20 @@ TEST_CASE("a lease without a pid is held until it expires, and expired from then
   CHECK(after.describe == "lease 'cycle 812' expired at 14:05:00Z");
 }
 
+// Found by fuzz_lease: the reason went into the description as it was, and the description is
+// logged as one line, so a "\n<0>..." in a lease file forged a journal entry of any priority.
+TEST_CASE("a lease's reason is quoted with control characters escaped and cut, so it stays on one line") {
+  TempDir dir;
+  const fs::path file = dir / "prod.lease";
+  write_file(file, R"({"reason": "cycle\n<0>forged 'x' \u001b[2J", "expires_at": "2026-11-25T14:05:00Z"})");
+  CHECK(read_lease(file, at("2026-11-25T14:00:00Z")).describe ==
+        R"(lease 'cycle\u000a<0>forged \'x\' \u001b[2J' (no pid) until 14:05:00Z)");
+
+  write_file(file, R"({"reason": ")" + std::string(100, 'r') + R"(", "expires_at": "2026-11-25T14:05:00Z"})");
+  CHECK(read_lease(file, at("2026-11-25T14:00:00Z")).describe ==
+        "lease '" + std::string(64, 'r') + "'... (no pid) until 14:05:00Z");
+}
+
 TEST_CASE("a lease that ends more than a day away is described with its date") {
   TempDir dir;
   REQUIRE_FALSE(write_lease(dir / "prod.lease", lease_until(at("2026-11-27T14:05:00Z"))));
@@ -236,6 +250,12 @@ TEST_CASE("a lease file that cannot be trusted is unreadable, and its descriptio
     write_file(file, R"({"expires_at": "2026-02-30T14:05:00Z"})");
     check_unreadable("\"expires_at\" is not a UTC time");
   }
+  // Found by fuzz_lease: the year 9999 overflowed the clock's nanoseconds and wrapped to 1816, so
+  // a lease meant to last until released read as long expired and did not hold off a restart.
+  SUBCASE("an expires_at beyond what the clock can hold") {
+    write_file(file, R"({"reason": "forever", "expires_at": "9999-12-31T23:59:59Z"})");
+    check_unreadable("\"expires_at\" is not a UTC time like \"2026-11-25T14:05:00Z\" (up to 2262)");
+  }
   SUBCASE("a pid that is not a positive integer") {
     write_file(file, R"({"expires_at": "2026-11-25T14:05:00Z", "pid": "4411"})");
     check_unreadable("\"pid\"");
@@ -291,6 +311,13 @@ TEST_CASE("parse_utc reads what format_utc writes and nothing else") {
     CHECK_FALSE(parse_utc(bad));
   }
   CHECK(parse_utc("2028-02-29T00:00:00Z"));  // a leap year
+  // The range of system_clock's 64-bit nanoseconds, and nothing beyond it (found by fuzz_lease).
+  CHECK(parse_utc("2262-04-11T23:47:16Z") == system_clock::from_time_t(9223372036));
+  CHECK(parse_utc("1677-09-21T00:12:44Z") == system_clock::from_time_t(-9223372036));
+  for (const char* far : {"2262-04-11T23:47:17Z", "9999-12-31T23:59:59Z", "1677-09-21T00:12:43Z", "0000-01-01T00:00:00Z"}) {
+    INFO(far);
+    CHECK_FALSE(parse_utc(far));
+  }
 }
 
 TEST_CASE("a second lease lock is refused while the first is held, even in the same process, and granted after") {

@@ -258,15 +258,6 @@ TEST_CASE("a deeply nested JSON marker is refused, not recursed into") {
   CHECK(check.reason.find("nor valid JSON: too deep") != std::string::npos);
 }
 
-TEST_CASE("a commit with control characters is named escaped and cut, so it cannot forge a log line") {
-  ScratchDir dir;
-  MarkerCheck check = read_ready(dir, "{\"commit\": \"abc\\n[info] deployed\\u0007" + std::string(100, 'x') + "\"}");
-  CHECK_FALSE(check.ok);
-  CHECK(check.reason.find('\n') == std::string::npos);
-  CHECK(check.reason.find("abc\\x0a[info] deployed\\x07") != std::string::npos);
-  CHECK(check.reason.find("bytes, cut)") != std::string::npos);
-}
-
 TEST_CASE("a marker that is neither empty nor valid JSON is refused") {
   ScratchDir dir;
   for (const char* text : {"deploy please", "{\"commit\": \"abc1234\"", "{} trailing", "{\"a\":1,}"}) {
@@ -295,6 +286,40 @@ TEST_CASE("a commit that is not a 7-40 digit hex SHA is refused and named in the
     MarkerCheck check = read_ready(dir, std::string(R"({"commit": ")") + commit + "\"}");
     CHECK_FALSE(check.ok);
     CHECK(check.reason.find(std::string("\"") + commit + "\"") != std::string::npos);
+  }
+}
+
+// Found by fuzz_marker's one-line check: the commit went into the reason as it was, and the reason
+// is logged as one line, so a "\n<0>..." in a marker forged a journal entry of any priority.
+TEST_CASE("a commit with line breaks or control characters is refused with them escaped, on one line") {
+  const MarkerCheck check = parse_marker(R"({"commit": "abc\n<0>forged\r\u001b[2J\u0000\u009b\"\\"})");
+  CHECK_FALSE(check.ok);
+  CHECK(check.reason == R"(the marker's commit "abc\u000a<0>forged\u000d\u001b[2J\u0000\u009b\"\\" is not a 7-40 digit hex SHA)");
+}
+
+// Found by fuzz_marker's length check: a 60 KiB commit made a 60 KiB log line.
+TEST_CASE("a long commit is cut in the reason at a character boundary") {
+  std::string two_byte_chars;
+  for (int i = 0; i < 100; ++i) two_byte_chars += "\xc3\xa9";  // é
+  const MarkerCheck check = parse_marker(R"({"commit": "x)" + std::string(40, 'a') + two_byte_chars + "\"}");
+  CHECK_FALSE(check.ok);
+  CHECK(check.reason == "the marker's commit \"x" + std::string(40, 'a') + two_byte_chars.substr(0, 22) +
+                            "\"... is not a 7-40 digit hex SHA");
+  CHECK(to_valid_utf8(check.reason) == check.reason);
+}
+
+TEST_CASE("parse_marker judges text as read_marker judges a file with that text") {
+  ScratchDir dir;
+  for (const char* text : {"", " \n", R"({"commit": "abc1234", "message": "m"})", R"({"commit": "main"})", "[1]", "{"}) {
+    CAPTURE(text);
+    const MarkerCheck from_file = read_ready(dir, text);
+    const MarkerCheck from_text = parse_marker(text);
+    CHECK(from_text.ok == from_file.ok);
+    CHECK(from_text.reason == from_file.reason);
+    CHECK(from_text.truncated_json == from_file.truncated_json);
+    CHECK(from_text.marker.commit == from_file.marker.commit);
+    CHECK(from_text.marker.message == from_file.marker.message);
+    CHECK(from_text.marker.text == text);
   }
 }
 
