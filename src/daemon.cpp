@@ -4,6 +4,7 @@
 #include "deploy_machine.h"
 #include "marker_watch.h"
 #include "state_store.h"
+#include "systemd.h"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
@@ -72,6 +73,7 @@ int run_daemon(const Config& config) {
   InstanceLock lock(config.state_dir);
 
   asio::io_context ctx;
+  ServiceNotifier service_manager(ctx.get_executor(), names);
   std::vector<std::shared_ptr<TargetRuntime>> runtimes;
   for (const auto& target : config.targets) {
     auto runtime = std::make_shared<TargetRuntime>(target, store, ctx.get_executor());
@@ -112,6 +114,7 @@ int run_daemon(const Config& config) {
         } else {
           spdlog::info("{}: stopping; running commands may finish, up to their timeouts", name);
           stopping = true;
+          service_manager.stopping();
           for (auto& weak : targets) {
             if (auto target = weak.lock()) target->machine.request_stop();
           }
