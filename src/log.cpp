@@ -6,6 +6,8 @@
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/spdlog.h>
 
+// CODE_FILE= and CODE_LINE= would name this file, not the transition's.
+#define SD_JOURNAL_SUPPRESS_LOCATION
 #include <systemd/sd-journal.h>
 
 #include <sys/stat.h>

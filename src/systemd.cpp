@@ -36,7 +36,7 @@ struct ServiceNotifier::State {
     std::string text = std::string(t.target) + ": " + std::string(t.phase);
     if (!t.commit.empty()) text += " " + std::string(t.commit.substr(0, 12));
     if (!t.result.empty()) text += " " + std::string(t.result);
-    if (!t.detail.empty()) text += " (" + std::string(t.detail) + ")";
+    if (!t.detail.empty() && t.detail != t.phase) text += " (" + std::string(t.detail) + ")";
     it->second = text;
     if (t.phase != "starting") started.insert(it->first);
     std::string status;
@@ -96,7 +96,7 @@ void report_transition(const Transition& t, bool new_phase) {
     // "prod: reverted 3f2c1a9e0b4d (unhealthy: ...)".
     std::string message = std::string(t.target) + ": " + std::string(t.result.empty() ? t.phase : t.result);
     if (!t.commit.empty()) message += " " + std::string(short_commit(t.commit));
-    if (!t.detail.empty()) message += " (" + std::string(t.detail) + ")";
+    if (!t.detail.empty() && t.detail != t.phase) message += " (" + std::string(t.detail) + ")";
     JournalFields fields{{"DEPLOY_TARGET", t.target}, {"DEPLOY_PHASE", t.phase}};
     if (!t.commit.empty()) fields.emplace_back("DEPLOY_COMMIT", t.commit);
     if (!t.result.empty()) fields.emplace_back("DEPLOY_RESULT", t.result);
