@@ -54,6 +54,8 @@ verify_rc=$?
 cat "$out/verify.txt"
 [ "$verify_rc" = 0 ] && [ ! -s "$out/verify.txt" ] || fail "systemd-analyze verify is not clean (exit $verify_rc)"
 
+systemd-analyze security deploy-sentinel.service --no-pager | tail -1
+
 step "production, polkit rule, config"
 install -d -o deploy-sentinel -g deploy-sentinel "$app" "$markers"
 agent_git init -q

@@ -19,8 +19,9 @@ trap 'rm -rf "$tmp"' EXIT
 # installs without network; procps for the test's own checks.
 include=systemd,systemd-sysv,dbus,git,procps,libboost-json1.81.0,libspdlog1.10,libfmt9,libtomlplusplus3
 debootstrap --variant=minbase --include="$include" bookworm "$tmp" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >&2
-# polkitd (for the shipped polkit rule) and man-db (systemd-analyze verify reads Documentation=man:)
-# fail to configure inside debootstrap; apt in a chroot installs them (their services start at boot).
+# polkitd (for the shipped polkit rule) fails to configure inside debootstrap; apt in a chroot
+# installs it, and man-db (systemd-analyze verify checks Documentation=man:). Nothing is started
+# in the chroot (policy-rc.d); their services start when the container boots.
 printf '#!/bin/sh\nexit 101\n' > "$tmp/usr/sbin/policy-rc.d"
 chmod 755 "$tmp/usr/sbin/policy-rc.d"
 chroot "$tmp" sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends polkitd man-db' >&2
