@@ -88,6 +88,8 @@ wait_until 20 journal_has DEPLOY_RESULT=deployed DEPLOY_COMMIT="$good" || fail "
 [ "$(tail -1 /var/lib/botical-starts)" = "$(prop botical-prod InvocationID)" ] || fail "InvocationID changed more than once"
 journal_has DEPLOY_TARGET=prod DEPLOY_PHASE=restarting DEPLOY_COMMIT="$good" || fail "no DEPLOY_PHASE=restarting entry"
 journal_has DEPLOY_TARGET=prod DEPLOY_PHASE=verifying DEPLOY_COMMIT="$good" || fail "no DEPLOY_PHASE=verifying entry"
+journalctl -u deploy-sentinel -o cat --no-pager | grep -q "answered by the new process, pid $(prop botical-prod MainPID)" ||
+  fail "the new process was not confirmed as the listener from inside the sandbox"
 
 step "a broken commit is reverted"
 bad=$(commit_mode unhealthy) || fail "cannot commit"
