@@ -29,11 +29,12 @@ set(pkg_generated ${CMAKE_BINARY_DIR}/changelog.Debian.gz)
 if(HELP2MAN)
   add_custom_command(OUTPUT ${CMAKE_BINARY_DIR}/deploy-sentinel.1.gz
     COMMAND ${HELP2MAN} --no-info --section=1 --source=deploy-sentinel
-            --name="safe deploys for a self-modifying service"
+            "--name=safe deploys for a self-modifying service"
             --output=${CMAKE_BINARY_DIR}/deploy-sentinel.1 $<TARGET_FILE:deploy-sentinel>
     COMMAND ${GZIP} -9nf ${CMAKE_BINARY_DIR}/deploy-sentinel.1
     DEPENDS deploy-sentinel
-    COMMENT "Generating the man page from deploy-sentinel --help")
+    COMMENT "Generating the man page from deploy-sentinel --help"
+    VERBATIM)
   list(APPEND pkg_generated ${CMAKE_BINARY_DIR}/deploy-sentinel.1.gz)
   install(FILES ${CMAKE_BINARY_DIR}/deploy-sentinel.1.gz DESTINATION ${CMAKE_INSTALL_MANDIR}/man1)
 else()
