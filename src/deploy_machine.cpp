@@ -346,7 +346,8 @@ void DeployMachine::finish(const Outcome& outcome) {
   }
   if (outcome.result != "rejected") status_.last_outcome = outcome;
   report_transition({target_.name, status_.phase, outcome.commit, outcome.reason, outcome.result}, false);
-  enter(Phase::watching, "", "");
+  // A marker refused by the start-up look at the disk: still starting until that look is done.
+  enter(phase_ == Phase::starting ? Phase::starting : Phase::watching, "", "");
 }
 
 void DeployMachine::write_record(const Deploy& deploy, bool durable) {

@@ -5,14 +5,18 @@
 #include <doctest/doctest.h>
 
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
+#include <map>
 #include <optional>
+#include <sstream>
 
 using namespace sentinel::test;
 using namespace std::chrono_literals;
@@ -91,7 +95,56 @@ int count_containing(const std::vector<std::string>& messages, const std::string
   return n;
 }
 
+/// The fields of one native journal datagram ("NAME=value" lines; our values have no newline).
+std::map<std::string, std::string> journal_fields(const std::string& datagram) {
+  std::map<std::string, std::string> fields;
+  std::istringstream lines(datagram);
+  for (std::string line; std::getline(lines, line);) {
+    auto eq = line.find('=');
+    if (eq != std::string::npos) fields[line.substr(0, eq)] = line.substr(eq + 1);
+  }
+  return fields;
+}
+
 }  // namespace
+
+TEST_CASE("under the journal each transition is one native entry with DEPLOY_TARGET, DEPLOY_PHASE, DEPLOY_COMMIT, "
+          "DEPLOY_RESULT and its priority") {
+  // journald's socket is /run/systemd/journal/socket: in a mount namespace of this test process
+  // (and so of the daemon it starts) a tmpfs on /run puts this test's socket there. Needs root.
+  REQUIRE(::unshare(CLONE_NEWNS) == 0);
+  REQUIRE(::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0);
+  REQUIRE(::mount("tmpfs", "/run", "tmpfs", 0, "mode=0755") == 0);
+  fs::create_directories("/run/systemd/journal");
+  NotifySocket journal("/run/systemd/journal/socket");
+  Production prod;
+  auto& daemon = prod.start_daemon(true);
+  REQUIRE(daemon.wait_for_line("prod: watching") >= 0);
+  std::string sha = prod.commit("healthy");
+  prod.stage_by_rename();
+
+  auto restarting = journal.wait_for("DEPLOY_PHASE=restarting");
+  REQUIRE(restarting);
+  auto fields = journal_fields(*restarting);
+  CHECK(fields["DEPLOY_TARGET"] == "prod");
+  CHECK(fields["DEPLOY_COMMIT"] == sha);
+  CHECK(fields["PRIORITY"] == "6");
+  CHECK(fields["MESSAGE"] == "prod: restarting " + short_sha(sha));
+  CHECK(fields.count("DEPLOY_RESULT") == 0);
+
+  auto deployed = journal.wait_for("DEPLOY_RESULT=deployed");
+  REQUIRE(deployed);
+  fields = journal_fields(*deployed);
+  CHECK(fields["DEPLOY_TARGET"] == "prod");
+  CHECK(fields["DEPLOY_COMMIT"] == sha);
+  CHECK(fields["PRIORITY"] == "5");
+  CHECK(fields["MESSAGE"] == "prod: deployed " + short_sha(sha));
+  CHECK(fields["SYSLOG_IDENTIFIER"] == "deploy-sentinel");
+  CHECK(count_containing(journal.received, "DEPLOY_RESULT=") == 1);
+  CHECK(count_containing(journal.received, "DEPLOY_PHASE=restarting") == 1);
+  // The human lines still go to stderr, with their priority prefixes.
+  CHECK(daemon.wait_for_line("<6>prod: deployed " + short_sha(sha)) >= 0);
+}
 
 TEST_CASE("under systemd READY=1 comes after the start-up look at the disk, STATUS= follows each phase, "
           "and STOPPING=1 comes on SIGTERM") {
