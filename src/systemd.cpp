@@ -17,6 +17,22 @@
 namespace sentinel {
 namespace asio = boost::asio;
 
+namespace {
+
+/// "prod: restarting 3f2c1a9e0b4d", "prod: reverting to 3f2c1a9e0b4d (not healthy within 60s)",
+/// "prod: deployed 3f2c1a9e0b4d": for STATUS= and the journal entry's MESSAGE=.
+std::string describe(const Transition& t) {
+  std::string text = std::string(t.target) + ": " + std::string(t.result.empty() ? t.phase : t.result);
+  if (!t.commit.empty()) {
+    text += t.result.empty() && t.phase == "reverting" ? " to " : " ";
+    text += t.commit.substr(0, 12);
+  }
+  if (!t.detail.empty() && t.detail != t.phase) text += " (" + std::string(t.detail) + ")";
+  return text;
+}
+
+}  // namespace
+
 struct ServiceNotifier::State {
   explicit State(asio::any_io_executor executor) : watchdog(std::move(executor)) {}
 
@@ -33,11 +49,7 @@ struct ServiceNotifier::State {
   void update(const Transition& t) {
     auto it = states.find(std::string(t.target));
     if (it == states.end()) return;
-    std::string text = std::string(t.target) + ": " + std::string(t.phase);
-    if (!t.commit.empty()) text += " " + std::string(t.commit.substr(0, 12));
-    if (!t.result.empty()) text += " " + std::string(t.result);
-    if (!t.detail.empty() && t.detail != t.phase) text += " (" + std::string(t.detail) + ")";
-    it->second = text;
+    it->second = describe(t);
     if (t.phase != "starting") started.insert(it->first);
     std::string status;
     for (const auto& [target, state] : states) status += (status.empty() ? "" : "; ") + state;
@@ -77,8 +89,6 @@ namespace {
 
 ServiceNotifier::State* current = nullptr;
 
-std::string_view short_commit(std::string_view commit) { return commit.substr(0, 12); }
-
 int priority_of(std::string_view result) {
   if (result == "failed") return 2;                          // crit: the target is quarantined
   if (result == "reverted" || result == "rejected") return 4;  // warning
@@ -92,11 +102,7 @@ void report_transition(const Transition& t, bool new_phase) {
   try {
     if (current != nullptr) current->update(t);
     if (!logging_to_journal() || (t.result.empty() && (!new_phase || t.phase == "watching"))) return;
-    // "prod: restarting 3f2c1a9e0b4d (reverting to the last known-good commit)",
-    // "prod: reverted 3f2c1a9e0b4d (unhealthy: ...)".
-    std::string message = std::string(t.target) + ": " + std::string(t.result.empty() ? t.phase : t.result);
-    if (!t.commit.empty()) message += " " + std::string(short_commit(t.commit));
-    if (!t.detail.empty() && t.detail != t.phase) message += " (" + std::string(t.detail) + ")";
+    const std::string message = describe(t);
     JournalFields fields{{"DEPLOY_TARGET", t.target}, {"DEPLOY_PHASE", t.phase}};
     if (!t.commit.empty()) fields.emplace_back("DEPLOY_COMMIT", t.commit);
     if (!t.result.empty()) fields.emplace_back("DEPLOY_RESULT", t.result);
