@@ -29,7 +29,7 @@ namespace {
 
 constexpr int kExitUsage = 64;
 constexpr int kExitTempFail = 75;  // EX_TEMPFAIL: `hold` refused for now, try again
-constexpr const char* kDefaultConfig = "/etc/deploy-sentinel.toml";
+constexpr const char* kDefaultConfig = "/etc/deploy-sentinel/config.toml";
 
 /// "leopard@host" for the marker's staged_by.
 std::string who_stages() {
@@ -258,12 +258,12 @@ int run_cli(int argc, char** argv) {
   app.require_subcommand(1);
   app.footer(
       "Examples:\n"
-      "  deploy-sentinel check-config /etc/deploy-sentinel.toml\n"
-      "  deploy-sentinel run --config /etc/deploy-sentinel.toml\n"
-      "  deploy-sentinel stage --config /etc/deploy-sentinel.toml --message \"faster search\"\n"
-      "  deploy-sentinel status --config /etc/deploy-sentinel.toml --json\n"
-      "  deploy-sentinel hold --config /etc/deploy-sentinel.toml --for 40m --reason \"cycle 812\" --pid $$\n"
-      "  deploy-sentinel release --config /etc/deploy-sentinel.toml\n"
+      "  deploy-sentinel check-config /etc/deploy-sentinel/config.toml\n"
+      "  deploy-sentinel run --config /etc/deploy-sentinel/config.toml\n"
+      "  deploy-sentinel stage --config /etc/deploy-sentinel/config.toml --message \"faster search\"\n"
+      "  deploy-sentinel status --config /etc/deploy-sentinel/config.toml --json\n"
+      "  deploy-sentinel hold --config /etc/deploy-sentinel/config.toml --for 40m --reason \"cycle 812\" --pid $$\n"
+      "  deploy-sentinel release --config /etc/deploy-sentinel/config.toml\n"
       "Files the agent reads in its marker directory: .deploy-reverted (why a deploy was undone),\n"
       ".deploy-rejected (why a marker was refused), .deploy-failed (revert failed; remove to resume).");
 

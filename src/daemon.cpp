@@ -5,6 +5,7 @@
 #include "log.h"
 #include "marker_watch.h"
 #include "state_store.h"
+#include "systemd.h"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
@@ -78,6 +79,7 @@ std::unique_ptr<Config> run_targets(asio::io_context& ctx, asio::signal_set& sig
   store.prepare(names);
   InstanceLock lock(config.state_dir);
 
+  ServiceNotifier service_manager(ctx.get_executor(), names);
   std::vector<std::shared_ptr<TargetRuntime>> runtimes;
   for (const auto& target : config.targets) {
     auto runtime = std::make_shared<TargetRuntime>(target, store, ctx.get_executor());
@@ -122,6 +124,7 @@ std::unique_ptr<Config> run_targets(asio::io_context& ctx, asio::signal_set& sig
           } else if ((reload = reload_config(config))) {
             spdlog::info("SIGHUP: {} is valid; applying it once running commands have finished (each target "
                          "resumes from its record)", config.source.string());
+            service_manager.reloading();
             stop_targets();
           }
         } else if (stopping && !reload) {
@@ -130,9 +133,11 @@ std::unique_ptr<Config> run_targets(asio::io_context& ctx, asio::signal_set& sig
           return;
         } else if (stopping) {
           spdlog::info("{}: stopping instead of reloading; running commands may finish, up to their timeouts", name);
+          service_manager.stopping();
           reload.reset();
         } else {
           spdlog::info("{}: stopping; running commands may finish, up to their timeouts", name);
+          service_manager.stopping();
           stop_targets();
         }
         signals.async_wait(on_signal);

@@ -3,6 +3,7 @@
 #include "lease.h"
 #include "listener.h"
 #include "marker.h"
+#include "systemd.h"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
@@ -339,7 +340,8 @@ MarkerCheck DeployMachine::read_marker_in_dir(std::string_view file_name) const 
 bool DeployMachine::exists(std::string_view file_name) const { return marker_present(target_.marker_dir, file_name); }
 
 void DeployMachine::enter(Phase phase, const std::string& commit, const std::string& detail) {
-  if (phase != phase_ || status_.since.empty()) status_.since = now_utc();
+  const bool new_phase = phase != phase_ || status_.since.empty();
+  if (new_phase) status_.since = now_utc();
   phase_ = phase;
   status_.phase = to_string(phase);
   status_.commit = commit;
@@ -347,6 +349,7 @@ void DeployMachine::enter(Phase phase, const std::string& commit, const std::str
   if (auto ec = store_.write_status(target_.name, status_)) {
     spdlog::warn("{}: cannot write status to {}: {}", target_.name, store_.dir().string(), ec.message());
   }
+  report_transition({target_.name, status_.phase, commit, detail, ""}, new_phase);
 }
 
 void DeployMachine::finish(const Outcome& outcome) {
@@ -354,7 +357,9 @@ void DeployMachine::finish(const Outcome& outcome) {
     spdlog::warn("{}: cannot append to history in {}: {}", target_.name, store_.dir().string(), ec.message());
   }
   if (outcome.result != "rejected") status_.last_outcome = outcome;
-  enter(Phase::watching, "", "");
+  report_transition({target_.name, status_.phase, outcome.commit, outcome.reason, outcome.result}, false);
+  // A marker refused by the start-up look at the disk: still starting until that look is done.
+  enter(phase_ == Phase::starting ? Phase::starting : Phase::watching, "", "");
 }
 
 boost::system::error_code DeployMachine::write_record(const Deploy& deploy, bool durable) {
@@ -533,7 +538,10 @@ asio::awaitable<void> DeployMachine::serve() {
     }
     poked_ = false;  // the disk is looked at now; only later changes need a new look
     Deploy deploy;
-    switch (co_await next_deploy(deploy)) {
+    const Next next = co_await next_deploy(deploy);
+    // The first look at the disk is done: the target has started (READY=1 waits for this).
+    if (phase_ == Phase::starting && next != Next::deploy) enter(Phase::watching, "", "");
+    switch (next) {
       case Next::deploy:
         if (std::string unwritable = co_await carry_out_unless_unwritable(deploy); !unwritable.empty()) {
           if (unwritable != unwritable_) {

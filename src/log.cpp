@@ -6,16 +6,26 @@
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/spdlog.h>
 
+// CODE_FILE= and CODE_LINE= would name this file, not the transition's.
+#define SD_JOURNAL_SUPPRESS_LOCATION
+#include <systemd/sd-journal.h>
+
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <string>
+#include <vector>
 
 namespace sentinel {
 namespace {
+
+bool to_journal = false;
 
 /// True when stderr is the journal stream systemd gave us ($JOURNAL_STREAM is "DEV:INODE").
 bool stderr_is_journal() {
@@ -60,7 +70,8 @@ void setup_logging(std::string_view level_name) {
                        "\": use trace, debug, info, warn, error, critical or off");
   }
   std::shared_ptr<spdlog::logger> logger;
-  if (stderr_is_journal()) {
+  to_journal = stderr_is_journal();
+  if (to_journal) {
     auto sink = std::make_shared<JournalStreamSink>();
     sink->set_pattern("%v");
     logger = std::make_shared<spdlog::logger>("sentinel", std::move(sink));
@@ -72,6 +83,33 @@ void setup_logging(std::string_view level_name) {
   logger->set_level(level);
   logger->flush_on(spdlog::level::trace);
   spdlog::set_default_logger(std::move(logger));
+}
+
+bool logging_to_journal() { return to_journal; }
+
+void journal_event(int priority, std::string_view message, const JournalFields& fields) {
+  if (!to_journal) return;
+  const auto level = priority <= 2 ? spdlog::level::critical
+                     : priority == 3 ? spdlog::level::err
+                     : priority == 4 ? spdlog::level::warn
+                     : priority <= 6 ? spdlog::level::info
+                                     : spdlog::level::debug;
+  if (!spdlog::should_log(level)) return;
+  try {
+    std::vector<std::string> items;
+    items.reserve(fields.size() + 3);
+    items.push_back("MESSAGE=" + std::string(message));
+    items.push_back("PRIORITY=" + std::to_string(priority));
+    // The same identifier as the unit's stderr lines, so `journalctl -t deploy-sentinel` has both.
+    items.push_back("SYSLOG_IDENTIFIER=" + std::string(program_invocation_short_name));
+    for (const auto& [name, value] : fields) items.push_back(std::string(name) + "=" + std::string(value));
+    std::vector<iovec> iov;
+    for (auto& item : items) iov.push_back({item.data(), item.size()});
+    const int r = sd_journal_sendv(iov.data(), static_cast<int>(iov.size()));
+    if (r < 0) spdlog::debug("cannot send a journal entry: {}", std::strerror(-r));
+  } catch (const std::exception&) {
+    // Out of memory while formatting: the human log line has said it already.
+  }
 }
 
 }  // namespace sentinel
