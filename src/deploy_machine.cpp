@@ -658,7 +658,8 @@ asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) 
   deploy.commit = head.commit;
   deploy.previous_known_good = status_.last_known_good.empty() ? fallback_commit_ : status_.last_known_good;
   // No record is written yet: until the next phase rewrites it, the claimed marker itself is
-  // the record, and a claimed marker found at start-up is deployed like a new one.
+  // the record, and a claimed marker found at start-up is deployed like a new one. The claim's
+  // rename is not fsynced: undone by a power cut, it leaves .deploy-ready, deployed the same way.
   // While the record cannot be written, each retry claims the same deploy again: said once.
   if (unwritable_.empty()) spdlog::info("{}: claimed deploy of {}{}{}", target_.name, short_sha(deploy.commit),
                deploy.marker.staged_by.empty() ? "" : " staged by " + deploy.marker.staged_by,

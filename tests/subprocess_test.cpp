@@ -545,3 +545,35 @@ TEST_CASE("a command that closes its output and keeps running is waited for unti
   CHECK(Clock::now() - started >= 300ms);
   CHECK(r.tail.empty());
 }
+
+namespace {
+
+/// The peak resident set of this process so far, in KiB (VmHWM).
+long peak_rss_kib() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.starts_with("VmHWM:")) return std::atol(line.c_str() + 6);
+  }
+  return -1;
+}
+
+}  // namespace
+
+TEST_CASE("a command that prints 100 MB without a newline is read in bounded pieces, in bounded memory") {
+  std::ostringstream logged;
+  auto previous = spdlog::default_logger();
+  spdlog::set_default_logger(
+      std::make_shared<spdlog::logger>("capture", std::make_shared<spdlog::sinks::ostream_sink_mt>(logged)));
+  const long peak_before = peak_rss_kib();
+  RunSpec spec = shell("head -c 100000000 /dev/zero | tr '\\0' x");
+  spec.log_tag = "huge";
+  spec.timeout = 60s;
+  RunResult r = run(spec);
+  const long peak_after = peak_rss_kib();
+  spdlog::set_default_logger(previous);
+  REQUIRE(r.ok());
+  CHECK(peak_after - peak_before < 32 * 1024);  // far below the 100 MB that went through
+  REQUIRE(r.tail.size() == 20);
+  CHECK(r.tail.back().size() <= 8192);
+  CHECK(logged.str().size() < 16 * 1024 * 1024);  // the burst and the count, not 100 MB
+}
