@@ -92,6 +92,27 @@ std::string in_quotes(std::string_view text) {
   return out + "\"";
 }
 
+/// `text` with control characters escaped (\n, \r, \t, \u0001), so it stays on one line.
+std::string on_one_line(std::string_view text) {
+  std::string out;
+  for (const char c : text) {
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      char escape[8];
+      std::snprintf(escape, sizeof escape, "\\u%04x", static_cast<unsigned>(c));
+      out += escape;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 /// `key` as a user writes it in TOML: bare when it can be, quoted otherwise.
 std::string display_key(std::string_view key) {
   const bool bare = !key.empty() && std::all_of(key.begin(), key.end(), [](char c) {
@@ -749,7 +770,8 @@ Config parse_config(std::string_view text, const fs::path& source) {
   try {
     document = toml::parse(text, source.string());
   } catch (const toml::parse_error& error) {
-    errors.fail(error.source(), "syntax error", error.description());
+    // toml++ quotes what it saw as it was, a line break included: "expected 'inf', saw 'in<LF>'".
+    errors.fail(error.source(), "syntax error", on_one_line(error.description()));
   }
 
   Config config;

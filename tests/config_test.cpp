@@ -644,6 +644,15 @@ log_level = "debug"
        "existing string 'log_level'");
 }
 
+// Found by fuzz_config's one-line check: toml++ quotes the text it saw as it was, so this error
+// was two lines, and a reload that fails logs it as one.
+TEST_CASE("a TOML syntax error that quotes a line break or a control character stays on one line") {
+  CHECK(error_in("m =in\n") ==
+        R"(/etc/ds.toml:1:6: syntax error: Error while parsing floating-point: expected 'inf', saw 'in\n')");
+  CHECK(error_in("m =in\x01") ==
+        R"(/etc/ds.toml:1:6: syntax error: Error while parsing floating-point: expected 'inf', saw 'in\u0001')");
+}
+
 /// `c` (not a surrogate) in UTF-8.
 std::string utf8(char32_t c) {
   std::string out;

@@ -91,6 +91,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     check_config(sentinel::parse_config(text, std::string(kSource)));
   } catch (const sentinel::ConfigError& error) {
     expect(names_a_position(error.what()), "a config error starts with FILE:LINE:COL:");
+    expect(sentinel::fuzz::is_one_printable_line(error.what()),
+           "a config error is one printable line (a reload that fails logs it as one line)");
   }
   return 0;
 }
