@@ -195,6 +195,9 @@ int hold(const std::string& config_path, const std::string& target_name, const s
   if (!length || *length <= Duration::zero()) {
     throw StartupError("--for " + for_text + ": expected a duration like \"40m\" or \"2h\"", kExitUsage);
   }
+  if (*length > std::chrono::days(366)) {  // and the expiry must fit the clock: no lease for centuries
+    throw StartupError("--for " + for_text + ": at most a year; release the lease when the work is done", kExitUsage);
+  }
   Lease lease{reason, {}, pid, std::nullopt, who_stages(), {}};
   if (pid) {
     lease.pid_start = process_start_time(*pid);

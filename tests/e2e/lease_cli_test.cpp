@@ -203,12 +203,15 @@ TEST_CASE("hold on a target without idle.lease_file exits 78 naming the config f
   CHECK(rig.cli({"release"}).status == 78);
 }
 
-TEST_CASE("hold with a duration it cannot read, or a pid that does not run, is a usage error") {
+TEST_CASE("hold with a duration it cannot read or of centuries, or a pid that does not run, is a usage error") {
   LeaseRig rig;
   auto r = rig.cli({"hold", "--for", "40 minutes"});
   CHECK(r.status == 64);
   CHECK(r.err.find("--for 40 minutes: expected a duration like \"40m\"") != std::string::npos);
   CHECK(rig.cli({"hold", "--for", "0s"}).status == 64);
+  auto forever = rig.cli({"hold", "--for", "109500d"});  // would overflow the clock
+  CHECK(forever.status == 64);
+  CHECK(forever.err.find("at most a year") != std::string::npos);
   CHECK(rig.cli({"hold", "--reason", "no --for"}).status == 64);
 
   pid_t gone = ::fork();
