@@ -3,6 +3,8 @@
 
 #include "duration.h"
 
+#include <chrono>
+#include <cstddef>
 #include <filesystem>
 #include <optional>
 #include <stdexcept>
@@ -75,6 +77,9 @@ struct IdleHttpConfig {
   std::string pointer;       // RFC 6901 JSON pointer, "" = the whole document
   std::string match_field;   // empty = every element counts
   std::string match_equals;
+  /// The most elements the service ever lists (botical's /status/data lists at most 20 sessions,
+  /// newest first): an array this long may have been cut short and is "unknown", never idle.
+  std::optional<std::size_t> cap;
 };
 
 /// What a deploy waiting for idle does once it has waited `max_wait`.
@@ -110,6 +115,16 @@ struct MonitorConfig {
   Duration window = 1h;
 };
 
+/// `[target.window]`: when deploy restarts may start. A window opens at `start` (local time in
+/// `time_zone`) on each of `days` and lasts until the next `end`, past midnight when `end` is not
+/// after `start` (`start == end` is a whole day). Recovery of a down production ignores it.
+struct WindowConfig {
+  unsigned days = 0x7f;              // bit N = weekday N (0 = Sunday): the day a window starts on
+  std::chrono::seconds start{0};     // since local midnight
+  std::chrono::seconds end{0};
+  std::string time_zone;             // IANA name; "" = the system's local zone
+};
+
 /// One `[[target]]`: a production service with its marker directory and checkout.
 struct TargetConfig {
   std::string name;
@@ -121,6 +136,8 @@ struct TargetConfig {
   std::optional<IdleConfig> idle;    // none = always idle
   std::optional<CycleConfig> cycle;  // none = the sentinel starts no cycles
   std::optional<MonitorConfig> monitor;  // none = health is checked only around deploys
+  std::optional<WindowConfig> window;    // none = deploys restart at any time
+  Duration min_interval{0};              // between two deploy restarts (recovery exempt); 0 = none
 };
 
 /// The whole file.

@@ -235,6 +235,14 @@ asio::awaitable<IdleAnswer> TargetProcesses::idle() {
   }
   if (idle.http) {
     IdleAnswer answer = co_await check_idle_http(*idle.http, idle.timeout);
+    if (answer.capped != capped_noted_) {  // once when the list reaches its cap, once when it shrinks
+      if (answer.capped) {
+        spdlog::warn("{}: {}; the agent counts as busy until the list is shorter", target_.name, answer.reason);
+      } else {
+        spdlog::info("{}: the idle URL's list is shorter than its cap again", target_.name);
+      }
+      capped_noted_ = answer.capped;
+    }
     answers.push_back(std::move(answer));
   }
   co_return combine_idle(answers);

@@ -81,6 +81,7 @@ class TargetProcesses final : public TargetActions {
   void watch_lease_end(const LeaseView& view);
   const TargetConfig& target_;
   std::string lease_noted_;  // the ended lease last logged, so each is logged once
+  bool capped_noted_ = false;  // the idle URL's list was last seen at its cap
   struct LeaseEnd;
   std::shared_ptr<LeaseEnd> lease_end_;
 };
