@@ -293,7 +293,7 @@ TEST_CASE("unknown keys are rejected in every table") {
   SUBCASE("target") {
     CHECK(error_in(kMinimalTarget + "verbose = true\n") ==
           "/etc/ds.toml:7:1: target[1].verbose: unknown key (valid keys here: name, marker_dir, "
-          "checkout, restart, build, health, idle, cycle, monitor)");
+          "checkout, restart, build, health, idle, cycle, monitor, window, min_interval)");
   }
   SUBCASE("restart") {
     CHECK(error_in(R"(
