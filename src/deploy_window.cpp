@@ -87,7 +87,9 @@ DeployWindow::State DeployWindow::at(TimePoint now) const {
 }
 
 std::string DeployWindow::local_time(TimePoint t) const {
-  return date::format("%a %H:%M %Z", date::make_zoned(zone_, floor<seconds>(t)));
+  const auto at = date::make_zoned(zone_, floor<seconds>(t));
+  const bool whole_minute = floor<minutes>(at.get_local_time()) == at.get_local_time();
+  return date::format(whole_minute ? "%a %H:%M %Z" : "%a %H:%M:%S %Z", at);
 }
 
 std::string DeployWindow::why_shut(TimePoint now) const {
