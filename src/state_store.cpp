@@ -149,7 +149,9 @@ std::optional<std::chrono::system_clock::time_point> StateStore::last_deploy_res
 
 error_code StateStore::set_last_deploy_restart(const std::string& target, std::chrono::system_clock::time_point at) const {
   // Not fsynced: losing it in a power cut only lets the next deploy come sooner after the reboot.
-  return write_file_atomic(target_dir(target) / "last-deploy-restart", format_utc(at) + "\n", false);
+  // Rounded up to the whole second the file can hold, so that the interval is never cut short.
+  return write_file_atomic(target_dir(target) / "last-deploy-restart",
+                           format_utc(std::chrono::ceil<std::chrono::seconds>(at)) + "\n", false);
 }
 
 InstanceLock::InstanceLock(const fs::path& state_dir) {

@@ -60,9 +60,11 @@ TEST_CASE("a deploy staged before the deploy window opens is claimed, waits, and
 }
 
 TEST_CASE("a second deploy waits for min_interval after the first deploy restart, then goes") {
-  Production::Options options;
-  options.extra = "min_interval = \"2s\"\n";
-  Production prod(options);
+  Production prod;
+  // A key of the target itself, so it goes before the target's first sub-table.
+  std::string config = read_file(prod.config);
+  config.replace(config.find("[target.health]"), 0, "min_interval = \"2s\"\n\n");
+  write_file(prod.config, config);
   auto& daemon = prod.start_watching();
   const std::string first = prod.commit("healthy");
   prod.stage_by_rename();
@@ -70,8 +72,8 @@ TEST_CASE("a second deploy waits for min_interval after the first deploy restart
   REQUIRE(deployed >= 0);
   const std::string second = prod.commit("healthy");
   prod.stage_by_rename();
-  const int held = daemon.wait_for_line("deploy of " + short_sha(second) + " waiting for min_interval (2.0s between "
-                                        "deploy restarts", 10s, deployed);
+  const int held = daemon.wait_for_line("deploy of " + short_sha(second) + " waiting for min_interval (2s between deploy "
+                                        "restarts", 10s, deployed);
   REQUIRE(held >= 0);
   CHECK(prod.restarts().size() == 2);
   REQUIRE(daemon.wait_for_line("deployed " + short_sha(second), 10s, held) >= 0);
