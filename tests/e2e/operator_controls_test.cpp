@@ -37,7 +37,7 @@ std::string sessions(std::initializer_list<std::string_view> agents) {
 TEST_CASE("a deploy staged before the deploy window opens is claimed, waits, and goes when the window opens") {
   Production::Options options;
   // Opens a few seconds from now (UTC), so the wait is real but short.
-  options.extra = "[target.window]\nstart = \"" + utc_time_of_day(4s) + "\"\nend = \"" + utc_time_of_day(3600s) +
+  options.extra = "[target.window]\nstart = \"" + utc_time_of_day(6s) + "\"\nend = \"" + utc_time_of_day(3600s) +
                   "\"\ntime_zone = \"UTC\"\n";
   Production prod(options);
   auto& daemon = prod.start_watching();
