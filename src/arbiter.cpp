@@ -69,6 +69,7 @@ Decision decide(const Facts& f) {
             "production is down: restarting it without waiting for idle (a dead service has no cycle to protect)"};
   }
   if (f.deploy_pending) return {Action::deploy, "a deploy is staged"};
+  if (!f.paused.empty()) return {Action::wait, (f.cycle_due ? "cycle due, waiting: " : "") + f.paused};
   if (!f.cycle_due) return {Action::wait, "watching"};
   if (!f.healthy) return {Action::probe_health, "cycle due: checking health first"};
   if (!*f.healthy) return {Action::wait, "cycle due, waiting: production is not healthy"};
@@ -78,6 +79,22 @@ Decision decide(const Facts& f) {
     return {Action::wait, "cycle due, waiting: cannot tell whether the agent is idle"};
   }
   return {Action::start_cycle, "cycle due, production healthy and the agent idle"};
+}
+
+Decision decide_restart(const Facts& f) {
+  if (f.quarantined) return {Action::wait, "quarantined: remove .deploy-failed in the marker directory to go on"};
+  if (f.production_down) {
+    std::string ignoring;
+    if (!f.paused.empty()) ignoring = "the pause (" + f.paused + ")";
+    if (!f.deploy_held.empty()) ignoring += (ignoring.empty() ? "" : " and ") + f.deploy_held;
+    return {Action::deploy_now,
+            "production is down: deploying the staged commit now" +
+                (ignoring.empty() ? std::string() : ", ignoring " + ignoring) +
+                " (a down service is worse than an off-hours restart)"};
+  }
+  if (!f.paused.empty()) return {Action::wait, "waiting: " + f.paused};
+  if (!f.deploy_held.empty()) return {Action::wait, f.deploy_held};
+  return {Action::deploy, "nothing holds the restart"};
 }
 
 }  // namespace sentinel

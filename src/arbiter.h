@@ -91,6 +91,8 @@ struct Facts {
   bool cycle_due = false;
   std::optional<bool> healthy;              // nullopt: not probed just now
   std::optional<IdleAnswer::State> agent;   // nullopt: not asked just now
+  std::string paused;       // an operator's pause in force ("paused by ops@host ...: reason"), or ""
+  std::string deploy_held;  // why a deploy restart may not start yet (the window, min_interval), or ""
 };
 
 /// What to do now, and why in one sentence (for the log and `status`).
@@ -112,7 +114,14 @@ struct Decision {
 /// The precedence rules: quarantine stops everything; a down production is recovered first (by
 /// its staged deploy when there is one, since restarting the checkout would deploy it
 /// unrecorded); a staged deploy goes before the next cycle; a cycle starts only when production
-/// is healthy and the agent idle.
+/// is healthy and the agent idle, and not while the target is paused. A staged deploy is claimed
+/// (`deploy`) whatever holds its restart: decide_restart() says when it may go.
 Decision decide(const Facts& facts);
+
+/// Whether a claimed deploy may restart production now: a down production goes at once (`deploy_now`:
+/// recovery ignores the pause, the window and min_interval, since a down service is worse than an
+/// off-hours restart); otherwise a pause, then the window or min_interval hold it (`wait`, with
+/// the reason); else `deploy` (the idle gate, if any, comes next).
+Decision decide_restart(const Facts& facts);
 
 }  // namespace sentinel

@@ -103,6 +103,12 @@ json::object target_status(const StateStore& store, const TargetConfig& target, 
   obj["staged"] = here(marker_file::ready);
   obj["in_progress"] = here(marker_file::in_progress);
   obj["quarantined"] = here(marker_file::failed);
+  if (auto pause = store.pause(target.name, std::chrono::system_clock::now())) {
+    obj["paused"] = {{"by", pause->by}, {"at", pause->at}, {"until", pause->until}, {"reason", pause->reason},
+                     {"describe", pause->describe()}};
+  } else {
+    obj["paused"] = nullptr;
+  }
   if (status.last_outcome) {
     const Outcome& o = *status.last_outcome;
     obj["last_outcome"] = {{"result", o.result}, {"commit", o.commit}, {"reason", o.reason}, {"at", o.at},
@@ -149,6 +155,10 @@ int status(const std::string& config_path, bool as_json) {
     }
     if (!str("confirm").empty()) std::cout << "  confirm: " << str("confirm") << "\n";
     if (t.at("staged").as_bool()) std::cout << "  a deploy is staged (" << marker_file::ready << ")\n";
+    if (t.at("paused").is_object()) {
+      std::cout << "  PAUSED: " << json::value_to<std::string>(t.at("paused").at("describe"))
+                << " (deploy-sentinel resume ends it)\n";
+    }
     if (t.at("quarantined").as_bool()) {
       std::cout << "  QUARANTINED: read and remove " << marker_file::failed << " in the marker directory\n";
     }
@@ -251,6 +261,59 @@ int release(const std::string& config_path, const std::string& target_name) {
   return 0;
 }
 
+int pause(const std::string& config_path, const std::string& target_name, const std::string& for_text,
+          const std::string& reason) {
+  Config config = load_config(config_path);
+  const TargetConfig& target = pick_target(config, target_name);
+  Pause pause{reason, who_stages(), format_utc(std::chrono::system_clock::now()), {}};
+  if (!for_text.empty()) {
+    const std::optional<Duration> length = parse_duration(for_text);
+    if (!length || *length <= Duration::zero()) {
+      throw StartupError("--for " + for_text + R"(: expected a duration like "2h", "3d" or "2w")", kExitUsage);
+    }
+    pause.until = format_utc(std::chrono::ceil<std::chrono::seconds>(std::chrono::system_clock::now() + *length));
+  }
+  StateStore store(config.state_dir);
+  store.prepare({target.name});  // a pause may come before the daemon's first start
+  {
+    // The daemon looks at the pause under this lock right before it records "restarting".
+    LeaseLock lock = LeaseLock::acquire(store.pause_file(target.name));
+    if (const std::optional<std::string> refusal = hold_refusal(store, target.name)) {
+      std::cerr << "deploy-sentinel: cannot pause now: " << *refusal
+                << ": try again when it is done (`deploy-sentinel status` shows it)\n";
+      return kExitTempFail;
+    }
+    if (auto ec = store.write_pause(target.name, pause)) {
+      throw StartupError("cannot write " + store.pause_file(target.name).string() + ": " + ec.message() +
+                         " (run pause as the user the sentinel runs as, or one who may write its state_dir)");
+    }
+  }
+  std::cout << target.name << ": " << pause.describe()
+            << "\nstaged deploys and cycles wait (claimed, never dropped); a down production is still recovered. "
+               "End it with: deploy-sentinel resume --config " << config_path << " --target " << target.name << "\n";
+  return 0;
+}
+
+int resume(const std::string& config_path, const std::string& target_name) {
+  Config config = load_config(config_path);
+  const TargetConfig& target = pick_target(config, target_name);
+  StateStore store(config.state_dir);
+  const fs::path file = store.pause_file(target.name);
+  const std::optional<Pause> old = store.pause(target.name, std::chrono::system_clock::now());
+  // No lock: ending a pause can only let the daemon go sooner, never at a wrong moment.
+  if (::unlink(file.c_str()) != 0) {
+    if (errno == ENOENT) {
+      std::cout << target.name << " was not paused\n";
+      return 0;
+    }
+    throw StartupError("cannot remove " + file.string() + ": " + std::strerror(errno) +
+                       " (run resume as the user the sentinel runs as)");
+  }
+  std::cout << target.name << ": resumed" << (old ? " (was " + old->describe() + ")" : " (the pause had ended)")
+            << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int run_cli(int argc, char** argv) {
@@ -267,6 +330,8 @@ int run_cli(int argc, char** argv) {
       "  deploy-sentinel status --config /etc/deploy-sentinel/config.toml --json\n"
       "  deploy-sentinel hold --config /etc/deploy-sentinel/config.toml --for 40m --reason \"cycle 812\" --pid $$\n"
       "  deploy-sentinel release --config /etc/deploy-sentinel/config.toml\n"
+      "  deploy-sentinel pause --config /etc/deploy-sentinel/config.toml --for 2w --reason \"database migration\"\n"
+      "  deploy-sentinel resume --config /etc/deploy-sentinel/config.toml\n"
       "Files the agent reads in its marker directory: .deploy-reverted (why a deploy was undone),\n"
       ".deploy-rejected (why a marker was refused), .deploy-failed (revert failed; remove to resume).");
 
@@ -318,6 +383,21 @@ int run_cli(int argc, char** argv) {
   release_cmd->add_option("-c,--config", config_path, "Config file")->capture_default_str();
   release_cmd->add_option("-t,--target", target_name, "Target to release (needed when the config has several)");
 
+  std::string pause_for, pause_reason;
+  auto* pause_cmd = app.add_subcommand(
+      "pause", "Pause a target: staged deploys and scheduled cycles wait (claimed, never dropped) until resume or "
+               "--for ends; a production that is down is still recovered. Kept in state_dir, so it survives a "
+               "restart of the daemon. Exits 75 while a restart is under way.");
+  pause_cmd->add_option("-c,--config", config_path, "Config file")->capture_default_str();
+  pause_cmd->add_option("-t,--target", target_name, "Target to pause (needed when the config has several)");
+  pause_cmd->add_option("--for", pause_for, "How long, like \"6h\", \"3d\" or \"2w\" (default: until resume)");
+  pause_cmd->add_option("-r,--reason", pause_reason, "Why: shown in status and the log")->required();
+
+  auto* resume_cmd = app.add_subcommand(
+      "resume", "End a pause: what waited goes as soon as the deploy window, min_interval and the agent allow.");
+  resume_cmd->add_option("-c,--config", config_path, "Config file")->capture_default_str();
+  resume_cmd->add_option("-t,--target", target_name, "Target to resume (needed when the config has several)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -334,6 +414,8 @@ int run_cli(int argc, char** argv) {
                   pid_opt->count() > 0 ? std::optional<pid_t>(pid) : std::nullopt, wait);
     }
     if (*release_cmd) return release(config_path, target_name);
+    if (*pause_cmd) return pause(config_path, target_name, pause_for, pause_reason);
+    if (*resume_cmd) return resume(config_path, target_name);
     Config config = load_config(config_path);
     setup_logging(config.log_level);
     return run_daemon(config);

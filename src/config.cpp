@@ -1,5 +1,7 @@
 #include "config.h"
 
+#include "deploy_window.h"
+
 #include <toml++/toml.h>
 
 #include <algorithm>
@@ -45,14 +47,16 @@ using KeyList = std::span<const std::string_view>;
 constexpr std::array kTopLevelKeys{"sentinel"sv, "target"sv};
 constexpr std::array kSentinelKeys{"state_dir"sv, "log_level"sv};
 constexpr std::array kTargetKeys{"name"sv,   "marker_dir"sv, "checkout"sv, "restart"sv, "build"sv,
-                                 "health"sv, "idle"sv,       "cycle"sv,    "monitor"sv, "env"sv, "allowed_owners"sv};
+                                 "health"sv, "idle"sv,       "cycle"sv,    "monitor"sv, "env"sv, "allowed_owners"sv,
+                                 "window"sv, "min_interval"sv};
 constexpr std::array kCommandSpecKeys{"command"sv, "timeout"sv, "kill_grace"sv};
 constexpr std::array kConfirmKeys{"pointer"sv, "equals"sv};
 constexpr std::array kHealthKeys{"confirm"sv,  "url"sv,      "command"sv,   "timeout"sv, "grace"sv,
                                  "interval"sv, "successes"sv, "deadline"sv};
 constexpr std::array kIdleKeys{"command"sv, "http"sv,     "lease_file"sv, "interval"sv,
                                "quiet"sv,   "timeout"sv,  "max_wait"sv,   "on_max_wait"sv};
-constexpr std::array kIdleHttpKeys{"url"sv, "pointer"sv, "match"sv};
+constexpr std::array kIdleHttpKeys{"url"sv, "pointer"sv, "match"sv, "cap"sv};
+constexpr std::array kWindowKeys{"days"sv, "start"sv, "end"sv, "time_zone"sv};
 constexpr std::array kMatchKeys{"field"sv, "equals"sv};
 constexpr std::array kCycleKeys{"command"sv, "every"sv, "jitter"sv, "after_recovery"sv, "timeout"sv, "kill_grace"sv};
 constexpr std::array kMonitorKeys{"interval"sv, "failures"sv, "max_recoveries"sv, "window"sv};
@@ -302,6 +306,8 @@ class TableReader {
   }
 
   bool has(std::string_view key) const { return table_.contains(key); }
+
+  const ErrorReporter& errors() const { return errors_; }
 
   /// The raw value of `key`, or nullptr.
   const toml::node* find(std::string_view key) const { return table_.get(key); }
@@ -618,6 +624,7 @@ IdleHttpConfig read_idle_http(const TableReader& table) {
     http.match_equals = match->required_string("equals");
     if (http.match_field.empty()) match->fail("field", "must not be empty; name the member to compare, like \"agent\"");
   }
+  if (const std::optional<int> cap = table.count("cap")) http.cap = static_cast<std::size_t>(*cap);
   return http;
 }
 
@@ -661,6 +668,52 @@ CycleConfig read_cycle(const TableReader& table) {
   cycle.jitter = table.duration("jitter", ZeroDuration::allowed).value_or(cycle.jitter);
   cycle.after_recovery = table.boolean("after_recovery").value_or(cycle.after_recovery);
   return cycle;
+}
+
+WindowConfig read_window(const TableReader& table) {
+  WindowConfig window;
+  if (const toml::node* node = table.find("days")) {
+    constexpr std::string_view kExpected = R"(expected an array of days, like ["mon", "tue", "wed", "thu", "fri"])";
+    const toml::array* array = node->as_array();
+    if (array == nullptr) table.fail("days", kExpected);
+    if (array->empty()) table.fail("days", "is empty, so the window would never open; " + std::string(kExpected));
+    window.days = 0;
+    for (std::size_t i = 0; i < array->size(); ++i) {
+      const toml::node& element = (*array)[i];
+      const std::optional<unsigned> day =
+          element.is_string() ? parse_weekday(element.as_string()->get()) : std::optional<unsigned>();
+      if (!day) {
+        const std::string got = element.is_string() ? in_quotes(element.as_string()->get())
+                                                    : std::string(describe_type(element.type()));
+        table.errors().fail(element.source(), table.key_path("days") + "[" + std::to_string(i + 1) + "]",
+                            R"(expected a day like "mon" or "monday", got )" + got);
+      }
+      window.days |= 1u << *day;
+    }
+  }
+  auto time_of_day = [&](std::string_view key) {
+    const std::optional<std::string> text = table.string(key);
+    if (!text) return std::chrono::seconds(0);
+    const std::optional<std::chrono::seconds> parsed = parse_time_of_day(*text);
+    if (!parsed) table.fail(key, R"(expected a local time like "22:00" or "22:00:30", got )" + in_quotes(*text));
+    return *parsed;
+  };
+  if (!table.has("start")) table.fail_missing("start", R"(required key missing; when the window opens, like "22:00")");
+  if (!table.has("end")) table.fail_missing("end", R"(required key missing; when the window closes, like "05:00")");
+  window.start = time_of_day("start");
+  window.end = time_of_day("end");
+  window.time_zone = table.string("time_zone").value_or("");
+  if (table.has("time_zone")) {
+    std::string error;
+    if (window.time_zone.empty() || find_time_zone(window.time_zone, error) == nullptr) {
+      table.fail("time_zone", "unknown time zone " + in_quotes(window.time_zone) +
+                                  R"( (an IANA name like "Europe/Berlin" or "UTC", as in /usr/share/zoneinfo))");
+    }
+  } else if (std::string error; find_time_zone("", error) == nullptr) {
+    table.fail_table("this system's local time zone cannot be read (" + error +
+                     R"(): set time_zone, like time_zone = "Europe/Berlin")");
+  }
+  return window;
 }
 
 MonitorConfig read_monitor(const TableReader& table) {
@@ -716,6 +769,8 @@ TargetConfig read_target(const TableReader& table, const fs::path& base_dir) {
     }
   }
   target.allowed_owners = table.users("allowed_owners");
+  if (const std::optional<TableReader> window = table.table("window", kWindowKeys)) target.window = read_window(*window);
+  target.min_interval = table.duration("min_interval", ZeroDuration::allowed).value_or(target.min_interval);
   return target;
 }
 

@@ -3,6 +3,8 @@
 
 #include "duration.h"
 
+#include <chrono>
+#include <cstddef>
 #include <filesystem>
 #include <optional>
 #include <sys/types.h>
@@ -77,6 +79,9 @@ struct IdleHttpConfig {
   std::string pointer;       // RFC 6901 JSON pointer, "" = the whole document
   std::string match_field;   // empty = every element counts
   std::string match_equals;
+  /// The most elements the service ever lists (botical's /status/data lists at most 20 sessions,
+  /// newest first): an array this long may have been cut short and is "unknown", never idle.
+  std::optional<std::size_t> cap;
 };
 
 /// What a deploy waiting for idle does once it has waited `max_wait`.
@@ -112,6 +117,16 @@ struct MonitorConfig {
   Duration window = 1h;
 };
 
+/// `[target.window]`: when deploy restarts may start. A window opens at `start` (local time in
+/// `time_zone`) on each of `days` and lasts until the next `end`, past midnight when `end` is not
+/// after `start` (`start == end` is a whole day). Recovery of a down production ignores it.
+struct WindowConfig {
+  unsigned days = 0x7f;              // bit N = weekday N (0 = Sunday): the day a window starts on
+  std::chrono::seconds start{0};     // since local midnight
+  std::chrono::seconds end{0};
+  std::string time_zone;             // IANA name; "" = the system's local zone
+};
+
 /// One `[[target]]`: a production service with its marker directory and checkout.
 struct TargetConfig {
   std::string name;
@@ -128,6 +143,8 @@ struct TargetConfig {
   std::vector<std::pair<std::string, std::string>> env;
   /// `allowed_owners`: uids whose markers are accepted; empty = the marker directory's owner and root.
   std::vector<uid_t> allowed_owners;
+  std::optional<WindowConfig> window;    // none = deploys restart at any time
+  Duration min_interval{0};              // between two deploy restarts (recovery exempt); 0 = none
 };
 
 /// The whole file.

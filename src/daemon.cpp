@@ -33,7 +33,10 @@ struct TargetRuntime {
       : actions(target, executor, [this] { machine.poke(); }),
         machine(target, store, actions, executor),
         watch(executor, target.marker_dir, target.name, [this](std::string_view) { machine.poke(); },
-              lease_names(target, target.marker_dir)) {
+              lease_names(target, target.marker_dir)),
+        // `pause` and `resume` write and remove the pause file in the target's state directory.
+        pause_watch(executor, store.pause_file(target.name).parent_path(), target.name + " pause",
+                    [this](std::string_view) { machine.poke(); }, {store.pause_file(target.name).filename().string()}) {
     // A lease outside the marker directory gets a watch of its own.
     if (target.idle && !target.idle->lease_file.empty() && target.idle->lease_file.parent_path() != target.marker_dir) {
       const auto& lease = target.idle->lease_file;
@@ -44,6 +47,7 @@ struct TargetRuntime {
 
   void start() {
     watch.start();
+    pause_watch.start();
     if (lease_watch) lease_watch->start();
   }
 
@@ -56,6 +60,7 @@ struct TargetRuntime {
   TargetProcesses actions;
   DeployMachine machine;
   MarkerWatch watch;
+  MarkerWatch pause_watch;
   std::optional<MarkerWatch> lease_watch;
 };
 

@@ -115,6 +115,7 @@ std::string_view to_string(Phase phase) {
   switch (phase) {
     case Phase::starting: return "starting";
     case Phase::watching: return "watching";
+    case Phase::held: return "held";
     case Phase::waiting_idle: return "waiting-idle";
     case Phase::restarting: return "restarting";
     case Phase::verifying: return "verifying";
@@ -239,6 +240,14 @@ asio::awaitable<IdleAnswer> TargetProcesses::idle() {
   }
   if (idle.http) {
     IdleAnswer answer = co_await check_idle_http(*idle.http, idle.timeout);
+    if (answer.capped != capped_noted_) {  // once when the list reaches its cap, once when it shrinks
+      if (answer.capped) {
+        spdlog::warn("{}: {}; the agent counts as busy until the list is shorter", target_.name, answer.reason);
+      } else {
+        spdlog::info("{}: the idle URL's list is shorter than its cap again", target_.name);
+      }
+      capped_noted_ = answer.capped;
+    }
     answers.push_back(std::move(answer));
   }
   co_return combine_idle(answers);
@@ -309,6 +318,8 @@ struct DeployMachine::Deploy {
   Clock::time_point started = Clock::now();
   Marker marker;
   RestartPermit permit;  // held from the end of the idle gate until "restarting" is recorded
+  std::shared_ptr<void> pause_lock;  // likewise, from the last look at the pause
+  bool waited = false;  // a pause, the window or min_interval held it: HEAD may have moved since the claim
   bool recovery = false;  // a revert of a down production, not of a deploy
   unsigned long long restart_began = 0;  // clock ticks since boot when the last restart began; 0 = unknown
 
@@ -321,7 +332,9 @@ struct DeployMachine::Deploy {
 
 DeployMachine::DeployMachine(const TargetConfig& target, const StateStore& store, TargetActions& actions,
                              asio::any_io_executor executor)
-    : target_(target), store_(store), actions_(actions), wake_(std::move(executor)) {}
+    : target_(target), store_(store), actions_(actions), wake_(std::move(executor)) {
+  if (target_.window) window_.emplace(*target_.window);
+}
 
 void DeployMachine::poke() {
   poked_ = true;
@@ -667,7 +680,7 @@ asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) 
   co_return Next::deploy;
 }
 
-asio::awaitable<void> DeployMachine::wait_until_idle(Deploy& deploy) {
+asio::awaitable<DeployMachine::Gate> DeployMachine::wait_until_idle(Deploy& deploy) {
   const IdleConfig& idle = *target_.idle;
   deploy.record_phase = "waiting-idle";
   write_record(deploy, false);  // a lost rewrite leaves the claimed marker, which resumes the same way
@@ -695,8 +708,10 @@ asio::awaitable<void> DeployMachine::wait_until_idle(Deploy& deploy) {
     if (Decision d = decide(facts); d.action == Decision::Action::deploy_now) {
       spdlog::warn("{}: {}", target_.name, d.why);
       deploy.permit = co_await permit_without_lease();
-      break;
+      co_return Gate::outage;
     }
+    // The window may close, or a pause begin, while the agent works: wait for them again.
+    if (!holds().none()) co_return Gate::held;
     IdleAnswer answer = co_await actions_.idle();
     if (idle.max_wait && !waited_too_long && since(waiting_since) >= *idle.max_wait) {
       waited_too_long = true;
@@ -721,7 +736,7 @@ asio::awaitable<void> DeployMachine::wait_until_idle(Deploy& deploy) {
           spdlog::info("{}: agent idle{} (waited {}); restarting", target_.name,
                        forced ? "ness not confirmed" : " for " + format_duration(idle.quiet),
                        format_duration(since(waiting_since)));
-          break;
+          co_return Gate::go;
         }
         again = IdleAnswer{IdleAnswer::State::busy, deploy.permit.why};
       }
@@ -733,7 +748,97 @@ asio::awaitable<void> DeployMachine::wait_until_idle(Deploy& deploy) {
     if (answer.state == IdleAnswer::State::idle && !forced) until = std::min(until, Clock::now() + quiet.remaining(Clock::now()));
     if (idle.max_wait && !waited_too_long) until = std::min(until, waiting_since + *idle.max_wait);
     until = std::min(until, next_probe_);
+    until = std::min(until, holds().recheck);
     co_await wait_for_poke(until);
+  }
+}
+
+DeployMachine::Holds DeployMachine::holds() {
+  Holds h;
+  const auto now = std::chrono::system_clock::now();
+  const auto steady_now = Clock::now();
+  auto at_steady = [&](std::chrono::system_clock::time_point t) {
+    return steady_now + std::chrono::ceil<Clock::duration>(t - now);
+  };
+  const std::optional<Pause> pause = store_.pause(target_.name, now);
+  const std::string pause_text = pause ? pause->describe() : "";
+  if (pause_text != pause_noted_) {
+    if (pause) {
+      spdlog::warn("{}: {}; staged deploys and cycles wait until it ends, recovery of a down production still acts",
+                   target_.name, pause_text);
+    } else {
+      spdlog::info("{}: resumed (was {})", target_.name, pause_noted_);
+    }
+    pause_noted_ = pause_text;
+  }
+  if (pause) {
+    h.paused = pause_text;
+    if (auto until = parse_utc(pause->until)) h.recheck = std::min(h.recheck, at_steady(*until));
+  }
+  if (window_) {
+    const DeployWindow::State state = window_->at(now);
+    if (!state.open) {
+      h.held = window_->why_shut(now);
+      if (state.changes_at != DeployWindow::TimePoint::max()) h.recheck = std::min(h.recheck, at_steady(state.changes_at));
+    }
+  }
+  if (h.held.empty() && target_.min_interval > Duration::zero()) {
+    if (const auto last = store_.last_deploy_restart(target_.name); last && now < *last + target_.min_interval) {
+      const auto next = *last + target_.min_interval;
+      h.held = "waiting for min_interval (" + format_duration(target_.min_interval) + " between deploy restarts; the last "
+               "began at " + format_utc(*last) + "): restarts from " + format_utc(next);
+      h.recheck = std::min(h.recheck, at_steady(next));
+    }
+  }
+  return h;
+}
+
+asio::awaitable<DeployMachine::Gate> DeployMachine::wait_for_go_ahead(Deploy& deploy) {
+  std::string told;  // the hold last logged: each is logged once when it starts
+  for (;;) {
+    if (monitor_ && Clock::now() >= next_probe_) co_await monitor_probe();
+    const Holds h = holds();
+    Facts facts;
+    facts.deploy_pending = true;
+    facts.production_down = monitor_ && monitor_->down();
+    facts.paused = h.paused;
+    facts.deploy_held = h.held;
+    const Decision d = decide_restart(facts);
+    if (d.action == Decision::Action::deploy_now) {
+      spdlog::warn("{}: {}", target_.name, d.why);
+      co_return Gate::outage;
+    }
+    if (d.action == Decision::Action::deploy) {
+      if (!told.empty()) spdlog::info("{}: the deploy of {} may go now", target_.name, short_sha(deploy.commit));
+      co_return Gate::go;
+    }
+    // Logged when what holds it changes, not when only its countdown does.
+    const std::string kind = !h.paused.empty() ? h.paused : h.held.substr(0, h.held.find(':'));
+    deploy.waited = true;
+    if (kind != told) {
+      spdlog::info("{}: deploy of {} {}", target_.name, short_sha(deploy.commit), d.why);
+      told = kind;
+      deploy.record_phase = "held";
+      write_record(deploy, false);  // a lost rewrite leaves the claimed marker, which resumes the same way
+    }
+    enter(Phase::held, deploy.commit, "deploy of " + short_sha(deploy.commit) + " " + d.why);
+    co_await wait_for_poke(std::min(next_probe_, h.recheck));
+  }
+}
+
+asio::awaitable<std::shared_ptr<void>> DeployMachine::lock_pause() {
+  const fs::path file = store_.pause_file(target_.name);
+  // `pause` holds it for the few milliseconds of writing its file: wait that long, not longer.
+  for (int tries = 0;; ++tries) {
+    std::error_code ec;
+    std::optional<LeaseLock> lock = LeaseLock::try_acquire(file, ec);
+    if (lock) co_return std::make_shared<LeaseLock>(std::move(*lock));
+    if (ec || tries == 200) {
+      spdlog::warn("{}: restarting without the pause lock: {}", target_.name,
+                   ec ? lease_lock_problem(lease_lock_file(file), ec) : "held for more than 2 s");
+      co_return nullptr;
+    }
+    co_await sleep_for(10ms);
   }
 }
 
@@ -785,6 +890,12 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::restart_and_verify(Deploy
   }
   enter(Phase::restarting, commit, reverting ? "reverting to the last known-good commit" : "");
   deploy.permit = {};  // "restarting" is recorded: a hold from now on is refused
+  deploy.pause_lock.reset();  // and so is a pause
+  if (!reverting && !deploy.recovery) {
+    if (auto ec = store_.set_last_deploy_restart(target_.name, std::chrono::system_clock::now())) {
+      spdlog::warn("{}: cannot record the time of this restart (min_interval): {}", target_.name, ec.message());
+    }
+  }
   spdlog::info("{}: restarting production on {}", target_.name, short_sha(commit));
   // The record goes durable once the restart has started: fsync costs more than the spawn, and
   // the worst a power cut before it can do is one extra restart after the reboot.
@@ -967,6 +1078,8 @@ asio::awaitable<void> DeployMachine::between_deploys() {
   facts.production_down = monitor_ && monitor_->down();
   facts.may_recover = !monitor_ || monitor_->may_recover(now);
   facts.cycle_due = schedule_ && schedule_->due(now) && now >= cycle_retry_at_;
+  const Holds h = holds();
+  facts.paused = h.paused;
   std::string agent_reason;
   for (;;) {
     // Looked at before every decision: a marker staged while a probe or an idle check was under
@@ -1009,6 +1122,12 @@ asio::awaitable<void> DeployMachine::between_deploys() {
     }
     std::string why = d.why;
     auto until = next_look();
+    if (!facts.paused.empty()) {  // a pause that ends by itself lets the cycle go then
+      until = std::min(until, h.recheck);
+      note_waiting(why);
+      co_await wait_for_poke(until);
+      co_return;
+    }
     if (facts.cycle_due) {
       // Held off: look again after a while (a lease's release pokes earlier).
       if (!agent_reason.empty()) why += " (" + agent_reason + ")";
@@ -1069,8 +1188,12 @@ asio::awaitable<void> DeployMachine::recover() {
   RestartPermit permit = co_await permit_without_lease();
   enter(Phase::restarting, commit, "recovering: " + down);
   permit = {};
-  spdlog::warn("{}: {}; restarting it without waiting for idle: a dead service has no cycle to protect", target_.name,
-               down);
+  const Holds h = holds();
+  std::string ignoring;  // recovery goes ahead of the operator's controls: say so
+  if (!h.paused.empty()) ignoring = "the pause (" + h.paused + ")";
+  if (!h.held.empty()) ignoring += (ignoring.empty() ? "" : " and ") + h.held;
+  spdlog::warn("{}: {}; restarting it without waiting for idle: a dead service has no cycle to protect{}", target_.name,
+               down, ignoring.empty() ? "" : "; ignoring " + ignoring + ": a down service is worse than an off-hours restart");
   std::function<void()> nothing_to_record = [] {};
   const unsigned long long began = boot_ticks_now();
   RunResult r = co_await actions_.restart(std::move(nothing_to_record));
@@ -1154,13 +1277,31 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
                      short_sha(deploy.commit), short_sha(head.commit), short_sha(head.commit));
         deploy.commit = head.commit;
       }
-    } else if (target_.idle) {
-      co_await wait_until_idle(deploy);
+    } else {
+      for (;;) {
+        const Gate ahead = co_await wait_for_go_ahead(deploy);
+        if (ahead == Gate::outage) {
+          deploy.permit = co_await permit_without_lease();
+          break;
+        }
+        if (target_.idle) {
+          const Gate idle = co_await wait_until_idle(deploy);
+          if (idle == Gate::held) continue;
+          if (idle == Gate::outage) break;
+        }
+        // Once more under the pause lock: a pause recorded after this look sees "restarting" and is refused.
+        deploy.pause_lock = co_await lock_pause();
+        if (holds().none()) break;
+        deploy.pause_lock.reset();
+        deploy.permit = {};
+      }
       // The agent may have committed while we waited (without a wait HEAD was read just now).
-      HeadCommit head = co_await actions_.head();
-      if (head.error.empty() && head.commit != deploy.commit) {
+      HeadCommit head;
+      if (target_.idle || deploy.waited) head = co_await actions_.head();
+      if (head.error.empty() && !head.commit.empty() && head.commit != deploy.commit) {
         if (!deploy.marker.commit.empty()) {
           deploy.permit = {};
+          deploy.pause_lock.reset();
           reject(marker_file::in_progress,
                  "HEAD moved from " + deploy.commit + " to " + head.commit + " while waiting for idle; stage again",
                  deploy.marker.text, deploy.marker.commit);

@@ -4,6 +4,7 @@
 
 #include "arbiter.h"
 #include "config.h"
+#include "deploy_window.h"
 #include "git.h"
 #include "health_probe.h"
 #include "idle_gate.h"
@@ -83,6 +84,7 @@ class TargetProcesses final : public TargetActions {
   const TargetConfig& target_;
   std::vector<std::string> env_;  // every command's environment
   std::string lease_noted_;  // the ended lease last logged, so each is logged once
+  bool capped_noted_ = false;  // the idle URL's list was last seen at its cap
   struct LeaseEnd;
   std::shared_ptr<LeaseEnd> lease_end_;
 };
@@ -95,7 +97,8 @@ class DeployMachine {
  public:
   /// Phases as `status` shows them. Recovery of a down production uses restarting, verifying,
   /// reverting and rebuilding too.
-  enum class Phase { starting, watching, waiting_idle, restarting, verifying, reverting, rebuilding,
+  /// `held`: a claimed deploy waits for the deploy window, min_interval or the end of a pause.
+  enum class Phase { starting, watching, held, waiting_idle, restarting, verifying, reverting, rebuilding,
                      quarantined };
 
   DeployMachine(const TargetConfig& target, const StateStore& store, TargetActions& actions,
@@ -160,7 +163,25 @@ class DeployMachine {
   boost::asio::awaitable<void> carry_out(Deploy& deploy);
   /// carry_out, or why the deploy could not start because its record could not be written.
   boost::asio::awaitable<std::string> carry_out_unless_unwritable(Deploy& deploy);
-  boost::asio::awaitable<void> wait_until_idle(Deploy& deploy);
+  /// How a wait before the restart ended: the restart may go, production is down (go at once,
+  /// whatever holds it), or a pause, the window or min_interval holds it again.
+  enum class Gate { go, outage, held };
+  /// What holds a deploy restart now: the pause in force ("" when none), the window or min_interval
+  /// ("" when neither), and when that may change by itself. Logs a pause starting and ending, once.
+  struct Holds {
+    std::string paused;
+    std::string held;
+    Clock::time_point recheck = Clock::time_point::max();
+    bool none() const { return paused.empty() && held.empty(); }
+  };
+  Holds holds();
+  /// Waits while a pause, the window or min_interval holds the claimed deploy; `outage` when
+  /// production went down meanwhile (then it goes at once).
+  boost::asio::awaitable<Gate> wait_for_go_ahead(Deploy& deploy);
+  /// The pause lock (`pause` takes it too), so that a pause is either seen before the restart or
+  /// refused because the restart is recorded. Empty when it cannot be had (logged).
+  boost::asio::awaitable<std::shared_ptr<void>> lock_pause();
+  boost::asio::awaitable<Gate> wait_until_idle(Deploy& deploy);
   /// Restarts production on the deploy's commit, or on its previous known-good when `reverting`.
   boost::asio::awaitable<Verdict> restart_and_verify(Deploy& deploy, bool reverting);
   /// Probes until healthy `successes` times in a row or the deadline. With confirm, a healthy
@@ -223,6 +244,8 @@ class DeployMachine {
   std::string confirm_fallback_;  // why confirm = "listener" was given up, once it was
   std::string confirmed_;         // the new process the last verify confirmed, for the history
   int unseen_in_a_row_ = 0;       // probes in a row whose listener could not be seen
+  std::optional<DeployWindow> window_;
+  std::string pause_noted_;       // the pause last logged, so each is logged once when it starts and ends
 };
 
 /// "waiting-idle" etc.

@@ -13,6 +13,7 @@ constexpr Rep kMillisPerSecond = 1000;
 constexpr Rep kMillisPerMinute = 60 * kMillisPerSecond;
 constexpr Rep kMillisPerHour = 60 * kMillisPerMinute;
 constexpr Rep kMillisPerDay = 24 * kMillisPerHour;
+constexpr Rep kMillisPerWeek = 7 * kMillisPerDay;
 
 bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
@@ -23,6 +24,7 @@ std::optional<Rep> millis_per_unit(std::string_view unit) {
   if (unit == "m") return kMillisPerMinute;
   if (unit == "h") return kMillisPerHour;
   if (unit == "d") return kMillisPerDay;
+  if (unit == "w") return kMillisPerWeek;
   return std::nullopt;
 }
 

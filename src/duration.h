@@ -1,5 +1,5 @@
 #pragma once
-// Durations as people write them in the config: "500ms", "30s", "10m", "2h", "1h30m".
+// Durations as people write them in the config: "500ms", "30s", "10m", "2h", "1h30m", "2w".
 
 #include <chrono>
 #include <optional>
@@ -11,7 +11,7 @@ namespace sentinel {
 using Duration = std::chrono::milliseconds;
 
 /// Parses a non-negative duration made of one or more `<integer><unit>` parts, unit one of
-/// ms, s, m, h, d ("1h30m", "250ms"). Returns nullopt for anything else (empty text, a bare
+/// ms, s, m, h, d, w ("1h30m", "250ms", "2w"). Returns nullopt for anything else (empty text, a bare
 /// number, an unknown unit, overflow); never throws.
 std::optional<Duration> parse_duration(std::string_view text);
 

@@ -119,6 +119,14 @@ IdleAnswer idle_answer_from_http(const HttpAnswer& answer, const IdleHttpConfig&
 
   const bool filtered = !config.match_field.empty();
   const std::string match = config.match_field + "=" + config.match_equals;
+  if (matching == 0 && config.cap && array->size() >= *config.cap) {
+    IdleAnswer capped = unknown_from(config, subject(config.pointer) + " lists " + std::to_string(array->size()) +
+                                                 " elements, as many as it ever lists (cap = " +
+                                                 std::to_string(*config.cap) + "), so a busy session may have been "
+                                                 "cut off the end");
+    capped.capped = true;
+    return capped;
+  }
   if (matching == 0)
     return {IdleAnswer::State::idle, filtered ? "no active session matches " + match + " " + place(config.pointer)
                                               : "no active session " + place(config.pointer)};

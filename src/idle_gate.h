@@ -22,6 +22,7 @@ struct IdleAnswer {
   State state = State::unknown;
   std::string reason;  // what a user can act on: "idle command says busy",
                        // "1 active session of agent=leopard (http://...)", "... (treated as busy)"
+  bool capped = false;  // the idle URL's list was as long as its cap: it may have been cut short
 };
 
 /// Decides when the agent has been idle long enough: idle must be seen continuously for
@@ -54,7 +55,9 @@ inline constexpr std::size_t kIdleHttpBodyLimit = 1024 * 1024;
 /// bool member is compared by its JSON text, e.g. "3" or "true"), or any element at all when
 /// `match_field` is empty; idle when no element matches. Unknown (with a reason naming the
 /// URL and the problem) for a failed request, a non-2xx status, a body that is not JSON, a
-/// pointer that is not valid, leads nowhere or to something other than an array. Pure.
+/// pointer that is not valid, leads nowhere or to something other than an array; unknown and
+/// `capped` as well for an array of `config.cap` or more elements none of which matches (the
+/// service may have left a busy session out). Pure.
 IdleAnswer idle_answer_from_http(const HttpAnswer& answer, const IdleHttpConfig& config);
 
 /// GETs `config.url` (at most `kIdleHttpBodyLimit` bytes, within `timeout`) and answers as

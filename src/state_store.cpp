@@ -1,6 +1,7 @@
 #include "state_store.h"
 
 #include "config.h"
+#include "lease.h"
 #include "marker.h"
 
 #include <boost/json.hpp>
@@ -147,6 +148,58 @@ error_code StateStore::append_history(const std::string& target, const Outcome& 
   }
   ::close(fd);
   return ec;
+}
+
+std::string Pause::describe() const {
+  std::string text = "paused";
+  if (!by.empty()) text += " by " + by;
+  if (!at.empty()) text += " at " + at;
+  text += until.empty() ? " until resumed" : " until " + until;
+  return reason.empty() ? text : text + ": " + reason;
+}
+
+fs::path StateStore::pause_file(const std::string& target) const { return target_dir(target) / "pause.json"; }
+
+std::optional<Pause> StateStore::pause(const std::string& target, std::chrono::system_clock::time_point now) const {
+  const fs::path file = pause_file(target);
+  error_code ec;
+  const std::string text = read_small_file(file, ec);
+  if (ec == boost::system::errc::no_such_file_or_directory) return std::nullopt;
+  json::value doc;
+  if (!ec) doc = json::parse(text, ec);
+  if (ec || !doc.is_object()) {
+    return Pause{"the pause file " + file.string() + " is unreadable (" + (ec ? ec.message() : "not a JSON object") +
+                     "); end it with `deploy-sentinel resume`",
+                 {}, {}, {}};
+  }
+  const auto& obj = doc.as_object();
+  Pause p{string_field(obj, "reason"), string_field(obj, "by"), string_field(obj, "at"), string_field(obj, "until")};
+  if (!p.until.empty()) {
+    const auto until = parse_utc(p.until);
+    if (until && now >= *until) return std::nullopt;
+  }
+  return p;
+}
+
+error_code StateStore::write_pause(const std::string& target, const Pause& p) const {
+  json::object doc{{"reason", to_valid_utf8(p.reason)}, {"by", to_valid_utf8(p.by)}, {"at", p.at}};
+  if (!p.until.empty()) doc["until"] = p.until;
+  return write_file_atomic(pause_file(target), json::serialize(doc) + "\n", true);
+}
+
+std::optional<std::chrono::system_clock::time_point> StateStore::last_deploy_restart(const std::string& target) const {
+  error_code ec;
+  std::string text = read_small_file(target_dir(target) / "last-deploy-restart", ec, 1024);
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
+  if (ec) return std::nullopt;
+  return parse_utc(text);
+}
+
+error_code StateStore::set_last_deploy_restart(const std::string& target, std::chrono::system_clock::time_point at) const {
+  // Not fsynced: losing it in a power cut only lets the next deploy come sooner after the reboot.
+  // Rounded up to the whole second the file can hold, so that the interval is never cut short.
+  return write_file_atomic(target_dir(target) / "last-deploy-restart",
+                           format_utc(std::chrono::ceil<std::chrono::seconds>(at)) + "\n", false);
 }
 
 InstanceLock::InstanceLock(const fs::path& state_dir) {

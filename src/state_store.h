@@ -4,6 +4,7 @@
 
 #include <boost/system/error_code.hpp>
 
+#include <chrono>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -38,6 +39,17 @@ struct KnownGood {
   std::string problem;  // a corrupt or unreadable generation that was skipped, naming the file; "" when none
 };
 
+/// An operator's pause of one target (`deploy-sentinel pause`): staged deploys and cycles wait
+/// until `resume` or `until`; recovery of a down production still acts.
+struct Pause {
+  std::string reason;
+  std::string by;     // "user@host"
+  std::string at;     // UTC, ISO 8601
+  std::string until;  // UTC, ISO 8601; "" = until resumed
+  /// "paused by ops@host at 2026-12-01T09:00:00Z until 2026-12-15T09:00:00Z: database migration"
+  std::string describe() const;
+};
+
 /// The files under state_dir. Every write is atomic (temp file + rename); known-good commits
 /// and outcomes are fsynced because losing them could revert to the wrong commit.
 class StateStore {
@@ -61,6 +73,19 @@ class StateStore {
 
   /// Appends one JSON line to the target's history.
   boost::system::error_code append_history(const std::string& target, const Outcome& outcome) const;
+
+  /// The pause of `target` in force at `now`: nullopt when there is none or it has ended. A pause
+  /// file that cannot be read is in force (its reason says so and how to end it).
+  std::optional<Pause> pause(const std::string& target, std::chrono::system_clock::time_point now) const;
+  /// Records a pause, durably: an operator's pause must survive a power cut.
+  boost::system::error_code write_pause(const std::string& target, const Pause& pause) const;
+  /// The file a pause is kept in (its lock is this name + ".lock", see LeaseLock).
+  std::filesystem::path pause_file(const std::string& target) const;
+
+  /// When the last deploy restart of `target` began (recovery and reverts do not count), if any.
+  std::optional<std::chrono::system_clock::time_point> last_deploy_restart(const std::string& target) const;
+  boost::system::error_code set_last_deploy_restart(const std::string& target,
+                                                    std::chrono::system_clock::time_point at) const;
 
   const std::filesystem::path& dir() const { return dir_; }
 

@@ -167,3 +167,59 @@ TEST_CASE("nothing due and nothing staged: wait, and ask nobody") {
   Facts f;
   CHECK(decide(f).action == Action::wait);
 }
+
+// ---- operator controls: pause, deploy window, min_interval ----
+
+TEST_CASE("a pause holds a due cycle, and says who paused and why") {
+  Facts f = calm();
+  f.cycle_due = true;
+  f.paused = "paused by ops@host until resumed: migration";
+  const Decision d = decide(f);
+  CHECK(d.action == Action::wait);
+  CHECK(d.why == "cycle due, waiting: paused by ops@host until resumed: migration");
+  f.cycle_due = false;
+  CHECK(decide(f).why == "paused by ops@host until resumed: migration");
+}
+
+TEST_CASE("a staged deploy is claimed during a pause or outside the window, never left or dropped") {
+  Facts f = calm();
+  f.deploy_pending = true;
+  f.paused = "paused by ops@host until resumed";
+  f.deploy_held = "waiting for the deploy window: opens Tue 22:00 CET (in 5h 12m)";
+  CHECK(decide(f).action == Action::deploy);
+}
+
+TEST_CASE("recovery of a down production ignores the pause") {
+  Facts f = calm();
+  f.production_down = true;
+  f.paused = "paused by ops@host until resumed";
+  CHECK(decide(f).action == Action::recover);
+}
+
+TEST_CASE("a claimed deploy restarts only when neither a pause nor the window nor min_interval holds it") {
+  Facts f = calm();
+  f.deploy_pending = true;
+  CHECK(decide_restart(f).action == Action::deploy);
+  f.deploy_held = "waiting for the deploy window: opens Tue 22:00 CET (in 5h 12m)";
+  CHECK(decide_restart(f).action == Action::wait);
+  CHECK(decide_restart(f).why == "waiting for the deploy window: opens Tue 22:00 CET (in 5h 12m)");
+  // The pause is named first: resuming alone would not be enough, but it is what an operator set.
+  f.paused = "paused by ops@host until resumed: migration";
+  CHECK(decide_restart(f).why == "waiting: paused by ops@host until resumed: migration");
+  f.deploy_held = "";
+  CHECK(decide_restart(f).action == Action::wait);
+}
+
+TEST_CASE("a down production deploys its staged commit at once, outside the window and during a pause, and says so") {
+  Facts f = calm();
+  f.deploy_pending = true;
+  f.production_down = true;
+  f.deploy_held = "waiting for min_interval";
+  f.paused = "paused by ops@host until resumed";
+  const Decision d = decide_restart(f);
+  CHECK(d.action == Action::deploy_now);
+  CHECK(d.why == "production is down: deploying the staged commit now, ignoring the pause (paused by ops@host until "
+                 "resumed) and waiting for min_interval (a down service is worse than an off-hours restart)");
+  f.quarantined = true;
+  CHECK(decide_restart(f).action == Action::wait);
+}

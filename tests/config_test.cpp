@@ -295,7 +295,7 @@ TEST_CASE("unknown keys are rejected in every table") {
   SUBCASE("target") {
     CHECK(error_in(kMinimalTarget + "verbose = true\n") ==
           "/etc/ds.toml:7:1: target[1].verbose: unknown key (valid keys here: name, marker_dir, "
-          "checkout, restart, build, health, idle, cycle, monitor, env, allowed_owners)");
+          "checkout, restart, build, health, idle, cycle, monitor, env, allowed_owners, window, min_interval)");
   }
   SUBCASE("restart") {
     CHECK(error_in(R"(
@@ -782,6 +782,53 @@ TEST_CASE("bad idle sources are named with the fix") {
         "/etc/ds.toml:7:41: target[1].idle.on_max_wait: only means something with max_wait, like max_wait = \"2h\"");
   CHECK(error_in(kMinimalTarget + R"(idle = { command = ["x"], max_wait = "1h", on_max_wait = "go" })") ==
         "/etc/ds.toml:7:58: target[1].idle.on_max_wait: expected \"keep-waiting\" or \"deploy\", got \"go\"");
+}
+
+TEST_CASE("a deploy window takes days, a start and an end that may pass midnight, and a time zone") {
+  const Config config = parse(kMinimalTarget + R"(min_interval = "30m"
+[target.window]
+days = ["mon", "tue", "wed", "thu", "Friday"]
+start = "22:00"
+end = "05:00:30"
+time_zone = "Europe/Berlin"
+[target.idle.http]
+url = "http://127.0.0.1:6001/status/data"
+cap = 20
+)");
+  const TargetConfig& target = config.targets.at(0);
+  const WindowConfig& window = *target.window;
+  CHECK(window.days == 0b0111110);
+  CHECK(window.start == 22h);
+  CHECK(window.end == 5h + 30s);
+  CHECK(window.time_zone == "Europe/Berlin");
+  CHECK(target.min_interval == 30min);
+  CHECK(target.idle->http->cap == 20u);
+  // Every day and the system's zone by default; no window and no interval when not asked for.
+  const Config all_days = parse(kMinimalTarget + "window = { start = \"01:00\", end = \"02:00\" }\n");
+  CHECK(all_days.targets.at(0).window->days == 0x7f);
+  CHECK(all_days.targets.at(0).window->time_zone.empty());
+  CHECK_FALSE(parse(kMinimalTarget).targets.at(0).window);
+  CHECK(parse(kMinimalTarget).targets.at(0).min_interval == 0s);
+}
+
+TEST_CASE("a deploy window with a bad day, time or zone is named with the fix") {
+  CHECK(error_in(kMinimalTarget + R"(window = { days = ["mon", "funday"], start = "22:00", end = "05:00" })") ==
+        R"(/etc/ds.toml:7:27: target[1].window.days[2]: expected a day like "mon" or "monday", got "funday")");
+  CHECK(error_in(kMinimalTarget + R"(window = { days = [], start = "22:00", end = "05:00" })") ==
+        R"(/etc/ds.toml:7:19: target[1].window.days: is empty, so the window would never open; expected an array )"
+        R"(of days, like ["mon", "tue", "wed", "thu", "fri"])");
+  CHECK(error_in(kMinimalTarget + R"(window = { start = "22h", end = "05:00" })") ==
+        R"(/etc/ds.toml:7:20: target[1].window.start: expected a local time like "22:00" or "22:00:30", got "22h")");
+  CHECK(error_in(kMinimalTarget + R"(window = { start = "22:00" })") ==
+        R"(/etc/ds.toml:7:10: target[1].window.end: required key missing; when the window closes, like "05:00")");
+  CHECK(error_in(kMinimalTarget + R"(window = { start = "22:00", end = "05:00", time_zone = "Europe/Berlinn" })") ==
+        R"(/etc/ds.toml:7:56: target[1].window.time_zone: unknown time zone "Europe/Berlinn" (an IANA name like )"
+        R"("Europe/Berlin" or "UTC", as in /usr/share/zoneinfo))");
+  CHECK(error_in(kMinimalTarget + R"(idle = { http = { url = "http://x/s", cap = 0 } })") ==
+        "/etc/ds.toml:7:45: target[1].idle.http.cap: must be at least 1, got 0");
+  CHECK(error_in(kMinimalTarget + R"(min_interval = 30)") ==
+        "/etc/ds.toml:7:16: target[1].min_interval: expected a duration like \"30s\" or \"500ms\", got 30 (a "
+        "duration is a string with a unit)");
 }
 
 TEST_CASE("a cycle needs a command and an interval; jitter, timeout and after_recovery have defaults") {

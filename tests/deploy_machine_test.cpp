@@ -771,3 +771,83 @@ TEST_CASE("a new process beside an old owner of the socket (a child the old serv
   CHECK(std::string(rig.json_of(marker_file::failed).at("reason").as_string()).find("still served by pid 4242") !=
         std::string::npos);
 }
+
+// ---- operator controls: pause, min_interval ----
+
+namespace {
+
+void pause(Rig& rig) {
+  REQUIRE_FALSE(rig.store.write_pause("prod", Pause{"migration", "ops@host", "2026-12-01T09:00:00Z", ""}));
+}
+
+std::string status_detail(const Rig& rig) {
+  auto s = rig.store.read_status("prod");
+  return s ? s->detail : "";
+}
+
+}  // namespace
+
+TEST_CASE("a pause holds a claimed deploy and a due cycle until it is removed, then both go") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kNext;
+  rig.target.cycle = cycle_every(1ms);
+  pause(rig);
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.machine->phase() == DeployMachine::Phase::held; }));
+  CHECK(rig.has(marker_file::in_progress));  // claimed, not lost
+  CHECK(status_detail(rig) == "deploy of 333333333333 waiting: paused by ops@host at 2026-12-01T09:00:00Z until "
+                              "resumed: migration");
+  rig.ctx.run_for(30ms);  // nothing to wait for: the machine must simply not act
+  CHECK(rig.world.calls.empty());
+
+  fs::remove(rig.store.pause_file("prod"));
+  rig.machine->poke();  // the daemon's inotify watch on the pause file does this
+  REQUIRE(rig.run_until([&] { return rig.world.count("cycle") >= 1; }));
+  CHECK(rig.last_result() == "deployed");
+  CHECK(find_call(rig.world.calls, "restart 3333") < find_call(rig.world.calls, "cycle"));
+}
+
+TEST_CASE("a down production is recovered during a pause") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.target.monitor = fast_monitor();
+  rig.target.cycle = cycle_every(1h);
+  pause(rig);
+  rig.world.probe_answers = {false, false};
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.last_result() == "recovered"; }));
+  CHECK(rig.world.count("restart 1111") == 1);
+  rig.ctx.run_for(30ms);  // unpaused, the owed cycle would start within a few milliseconds
+  CHECK(rig.world.count("cycle") == 0);  // the cycle owed after the recovery waits for the end of the pause
+}
+
+TEST_CASE("min_interval holds a deploy after a recent deploy restart and says until when") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kNext;
+  rig.target.min_interval = 1h;
+  REQUIRE_FALSE(rig.store.set_last_deploy_restart("prod", std::chrono::system_clock::now()));
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.machine->phase() == DeployMachine::Phase::held; }));
+  CHECK(status_detail(rig).find("deploy of 333333333333 waiting for min_interval (1h 00m between deploy restarts; "
+                                "the last began at ") == 0);
+  CHECK(rig.world.calls.empty());
+}
+
+TEST_CASE("a deploy restart records its time for min_interval, and a second deploy right after it waits") {
+  Rig rig;
+  rig.store.set_known_good("prod", kGood);
+  rig.world.head_commit = kNext;
+  rig.target.min_interval = 1h;
+  rig.stage();
+  rig.start();
+  REQUIRE(rig.run_until([&] { return rig.last_result() == "deployed"; }));
+  CHECK(rig.store.last_deploy_restart("prod").has_value());
+  rig.stage();
+  rig.machine->poke();
+  REQUIRE(rig.run_until([&] { return rig.machine->phase() == DeployMachine::Phase::held; }));
+  CHECK(rig.world.count("restart 3333") == 1);
+}

@@ -15,6 +15,7 @@ TEST_CASE("each unit parses on its own") {
   CHECK(parse_duration("10m") == 10min);
   CHECK(parse_duration("2h") == 2h);
   CHECK(parse_duration("1d") == 24h);
+  CHECK(parse_duration("2w") == 14 * 24h);
 }
 
 TEST_CASE("parts combine into one duration") {

@@ -75,7 +75,7 @@ namespace {
 const std::string kUrl = "http://127.0.0.1:8080/status/data";
 
 /// The botical service's idle source: busy while a session of agent "leopard" is active.
-IdleHttpConfig botical() { return {kUrl, "/data/activeSessions", "agent", "leopard"}; }
+IdleHttpConfig botical() { return {kUrl, "/data/activeSessions", "agent", "leopard", {}}; }
 
 HttpAnswer ok_json(const std::string& body) { return {true, 200, body, "HTTP 200"}; }
 
@@ -105,6 +105,26 @@ TEST_CASE("sessions of other agents only leave the agent idle") {
   CHECK(answer.reason == "no active session matches agent=leopard at /data/activeSessions");
 }
 
+TEST_CASE("a list as long as its cap is unknown, never idle, since a busy session may have been cut off") {
+  IdleHttpConfig capped = botical();
+  capped.cap = 3;
+  const std::string three = R"({"data":{"activeSessions":[{"agent":"tiger"},{"agent":"lynx"},{"agent":"puma"}]}})";
+  auto full = read_answer(three, capped);
+  CHECK(full.state == State::unknown);
+  CHECK(full.capped);
+  CHECK(full.reason == "idle URL " + kUrl + ": /data/activeSessions lists 3 elements, as many as it ever lists "
+                       "(cap = 3), so a busy session may have been cut off the end (treated as busy)");
+  // Longer than the cap is cut short too; one shorter is judged as usual.
+  CHECK(read_answer(R"({"data":{"activeSessions":[{},{},{},{}]}})", capped).state == State::unknown);
+  auto shorter = read_answer(R"({"data":{"activeSessions":[{"agent":"tiger"},{"agent":"lynx"}]}})", capped);
+  CHECK(shorter.state == State::idle);
+  CHECK_FALSE(shorter.capped);
+  // A matching session in a full list is busy: that much is certain.
+  CHECK(read_answer(R"({"data":{"activeSessions":[{"agent":"leopard"},{},{}]}})", capped).state == State::busy);
+  // Without a cap the same full list is idle.
+  CHECK(read_answer(three).state == State::idle);
+}
+
 TEST_CASE("an empty session list means idle") {
   auto answer = read_answer(R"({"data":{"activeSessions":[]}})");
   CHECK(answer.state == State::idle);
@@ -118,17 +138,17 @@ TEST_CASE("elements that are not objects, or whose member is null or an object, 
 }
 
 TEST_CASE("a number or boolean member is compared by its JSON text") {
-  IdleHttpConfig by_pid{kUrl, "/sessions", "pid", "42"};
+  IdleHttpConfig by_pid{kUrl, "/sessions", "pid", "42", {}};
   CHECK(read_answer(R"({"sessions":[{"pid":42}]})", by_pid).state == State::busy);
   CHECK(read_answer(R"({"sessions":[{"pid":"42"}]})", by_pid).state == State::busy);
   CHECK(read_answer(R"({"sessions":[{"pid":420}]})", by_pid).state == State::idle);
-  IdleHttpConfig by_flag{kUrl, "/sessions", "running", "true"};
+  IdleHttpConfig by_flag{kUrl, "/sessions", "running", "true", {}};
   CHECK(read_answer(R"({"sessions":[{"running":true}]})", by_flag).state == State::busy);
   CHECK(read_answer(R"({"sessions":[{"running":false}]})", by_flag).state == State::idle);
 }
 
 TEST_CASE("with no match field any element of the array means busy") {
-  IdleHttpConfig any_session{kUrl, "/data/activeSessions", "", ""};
+  IdleHttpConfig any_session{kUrl, "/data/activeSessions", "", "", {}};
   auto busy = read_answer(R"({"data":{"activeSessions":[1,"x"]}})", any_session);
   CHECK(busy.state == State::busy);
   CHECK(busy.reason == "2 active sessions at /data/activeSessions (" + kUrl + ")");
@@ -138,7 +158,7 @@ TEST_CASE("with no match field any element of the array means busy") {
 }
 
 TEST_CASE("the empty pointer makes the whole answer the array") {
-  IdleHttpConfig whole{kUrl, "", "agent", "leopard"};
+  IdleHttpConfig whole{kUrl, "", "agent", "leopard", {}};
   CHECK(read_answer(R"([{"agent":"leopard"}])", whole).state == State::busy);
   auto idle = read_answer(R"([])", whole);
   CHECK(idle.state == State::idle);
@@ -149,7 +169,7 @@ TEST_CASE("the empty pointer makes the whole answer the array") {
 }
 
 TEST_CASE("a pointer follows RFC 6901 escapes and array indexes") {
-  IdleHttpConfig escaped{kUrl, "/a~1b/m~0n/1", "agent", "leopard"};
+  IdleHttpConfig escaped{kUrl, "/a~1b/m~0n/1", "agent", "leopard", {}};
   CHECK(read_answer(R"({"a/b":{"m~n":[[],[{"agent":"leopard"}]]}})", escaped).state == State::busy);
 }
 
@@ -177,12 +197,12 @@ TEST_CASE("something other than an array at the pointer is unknown and says what
 }
 
 TEST_CASE("a pointer that is not a JSON pointer is unknown and says so") {
-  IdleHttpConfig no_slash{kUrl, "data/activeSessions", "agent", "leopard"};
+  IdleHttpConfig no_slash{kUrl, "data/activeSessions", "agent", "leopard", {}};
   auto answer = read_answer(R"({"data":{"activeSessions":[]}})", no_slash);
   CHECK(answer.state == State::unknown);
   CHECK(answer.reason.starts_with("idle URL " + kUrl +
                                   ": pointer \"data/activeSessions\" is not a JSON pointer ("));
-  IdleHttpConfig bad_escape{kUrl, "/data~2", "agent", "leopard"};
+  IdleHttpConfig bad_escape{kUrl, "/data~2", "agent", "leopard", {}};
   CHECK(read_answer(R"({"data~2":[]})", bad_escape).state == State::unknown);
 }
 

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <string>
@@ -210,6 +211,12 @@ int serve(int port, const std::string& mode_text, const std::string& state_dir, 
     } else if (request->second == "/") {
       respond(client, 200,
               "fake-service mode " + mode_text + " pid " + std::to_string(getpid()) + "\n");
+    } else if (request->second == "/status/data") {
+      // The agent's session list, as botical serves it: the file the test writes, or none.
+      std::ifstream sessions(state_dir + "/sessions.json");
+      respond(client, 200,
+              sessions ? std::string(std::istreambuf_iterator<char>(sessions), {})
+                       : std::string(R"({"data":{"activeSessions":[]}})"));
     } else if (request->second != "/health") {
       respond(client, 404, "not found\n");
     } else if (mode->kind == Mode::crash && health_answers >= mode->arg) {
