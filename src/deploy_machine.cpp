@@ -305,6 +305,7 @@ struct DeployMachine::Deploy {
   Clock::time_point started = Clock::now();
   Marker marker;
   RestartPermit permit;  // held from the end of the idle gate until "restarting" is recorded
+  std::string claim_note;  // the "claimed deploy" log line, until it is logged (after the spawn, when no wait comes first)
   bool recovery = false;  // a revert of a down production, not of a deploy
   unsigned long long restart_began = 0;  // clock ticks since boot when the last restart began; 0 = unknown
 
@@ -602,15 +603,24 @@ asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) 
   deploy.commit = head.commit;
   deploy.previous_known_good = status_.last_known_good.empty() ? fallback_commit_ : status_.last_known_good;
   // No record is written yet: until the next phase rewrites it, the claimed marker itself is
-  // the record, and a claimed marker found at start-up is deployed like a new one.
-  spdlog::info("{}: claimed deploy of {}{}{}", target_.name, short_sha(deploy.commit),
-               deploy.marker.staged_by.empty() ? "" : " staged by " + deploy.marker.staged_by,
-               deploy.marker.message.empty() ? "" : ": \"" + one_line(deploy.marker.message) + "\"");
+  // the record, and a claimed marker found at start-up is deployed like a new one. Logged once
+  // the restart has started, or before waiting for idle: a synchronous log line costs the
+  // restart time.
+  deploy.claim_note = "claimed deploy of " + short_sha(deploy.commit) +
+                      (deploy.marker.staged_by.empty() ? "" : " staged by " + deploy.marker.staged_by) +
+                      (deploy.marker.message.empty() ? "" : ": \"" + one_line(deploy.marker.message) + "\"");
   co_return Next::deploy;
+}
+
+void DeployMachine::log_claim(Deploy& deploy) {
+  if (deploy.claim_note.empty()) return;
+  spdlog::info("{}: {}", target_.name, deploy.claim_note);
+  deploy.claim_note.clear();
 }
 
 asio::awaitable<void> DeployMachine::wait_until_idle(Deploy& deploy) {
   const IdleConfig& idle = *target_.idle;
+  log_claim(deploy);
   deploy.record_phase = "waiting-idle";
   write_record(deploy, false);  // a lost rewrite leaves the claimed marker, which resumes the same way
   const std::string what = "deploy of " + short_sha(deploy.commit) + " waiting: ";
@@ -720,13 +730,25 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::restart_and_verify(Deploy
   deploy.record_phase = reverting ? "restarting-reverted" : "restarting";
   deploy.restart_began = boot_ticks_now();  // recorded with the phase: a resumed verify needs it
   write_record(deploy, false);
-  enter(Phase::restarting, commit, reverting ? "reverting to the last known-good commit" : "");
-  deploy.permit = {};  // "restarting" is recorded: a hold from now on is refused
-  spdlog::info("{}: restarting production on {}", target_.name, short_sha(commit));
+  const std::string detail = reverting ? "reverting to the last known-good commit" : "";
+  // Under the lease lock, "restarting" goes into the status before the restart: `hold` reads it
+  // there. Without a lease nothing waits on it, so it is written once the restart has started,
+  // like the log lines: the time from marker to restart is spent on the record alone.
+  const bool status_first = deploy.permit.hold_off != nullptr;
+  if (status_first) {
+    enter(Phase::restarting, commit, detail);
+    deploy.permit = {};  // "restarting" is recorded: a hold from now on is refused
+  }
   // The record goes durable once the restart has started: fsync costs more than the spawn, and
   // the worst a power cut before it can do is one extra restart after the reboot.
-  std::function<void()> on_started = [&] { make_durable(record); };  // named: g++ 12
+  std::function<void()> on_started = [&] {  // named: g++ 12
+    if (!status_first) enter(Phase::restarting, commit, detail);
+    log_claim(deploy);
+    spdlog::info("{}: restarting production on {}", target_.name, short_sha(commit));
+    make_durable(record);
+  };
   RunResult r = co_await actions_.restart(std::move(on_started));
+  log_claim(deploy);  // when the command could not even start
   if (!r.ok()) {
     spdlog::warn("{}: restart command {} after {}", target_.name, r.describe(), format_duration(r.elapsed));
     co_return Verdict{false, "the restart command " + r.describe(), r.tail};

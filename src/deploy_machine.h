@@ -156,6 +156,8 @@ class DeployMachine {
   boost::asio::awaitable<Next> next_deploy(Deploy& deploy);
   boost::asio::awaitable<void> carry_out(Deploy& deploy);
   boost::asio::awaitable<void> wait_until_idle(Deploy& deploy);
+  /// Logs the deploy's claim, once.
+  void log_claim(Deploy& deploy);
   /// Restarts production on the deploy's commit, or on its previous known-good when `reverting`.
   boost::asio::awaitable<Verdict> restart_and_verify(Deploy& deploy, bool reverting);
   /// Probes until healthy `successes` times in a row or the deadline. With confirm, a healthy
