@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cctype>
 #include <fstream>
+#include <future>
 
 namespace sentinel {
 namespace asio = boost::asio;
@@ -740,12 +741,14 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::restart_and_verify(Deploy
     deploy.permit = {};  // "restarting" is recorded: a hold from now on is refused
   }
   // The record goes durable once the restart has started: fsync costs more than the spawn, and
-  // the worst a power cut before it can do is one extra restart after the reboot.
+  // the worst a power cut before it can do is one extra restart after the reboot. It is made
+  // durable on a thread of its own, while the restart and the health checks run: on a busy disk
+  // one fsync takes longer than a whole quick restart, and the loop has nothing to wait for.
   std::function<void()> on_started = [&] {  // named: g++ 12
     if (!status_first) enter(Phase::restarting, commit, detail);
     log_claim(deploy);
     spdlog::info("{}: restarting production on {}", target_.name, short_sha(commit));
-    make_durable(record);
+    record_sync_ = std::async(std::launch::async, [record] { make_durable(record); });
   };
   RunResult r = co_await actions_.restart(std::move(on_started));
   log_claim(deploy);  // when the command could not even start

@@ -14,6 +14,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <future>
 #include <memory>
 #include <string>
 
@@ -211,6 +212,7 @@ class DeployMachine {
   std::string confirm_fallback_;  // why confirm = "listener" was given up, once it was
   std::string confirmed_;         // the new process the last verify confirmed, for the history
   int unseen_in_a_row_ = 0;       // probes in a row whose listener could not be seen
+  std::future<void> record_sync_;  // the fsync of the last restart's record (its destructor waits for it)
 };
 
 /// "waiting-idle" etc.
