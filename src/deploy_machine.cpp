@@ -340,8 +340,11 @@ void DeployMachine::enter(Phase phase, const std::string& commit, const std::str
 }
 
 void DeployMachine::finish(const Outcome& outcome) {
-  if (auto ec = store_.append_history(target_.name, outcome)) {
+  // Written at once, so whoever sees the outcome finds it there; fsynced on a thread of its own.
+  if (auto ec = store_.append_history(target_.name, outcome, false)) {
     spdlog::warn("{}: cannot append to history in {}: {}", target_.name, store_.dir().string(), ec.message());
+  } else {
+    history_sync_ = std::async(std::launch::async, [&store = store_, name = target_.name] { store.sync_history(name); });
   }
   if (outcome.result != "rejected") status_.last_outcome = outcome;
   enter(Phase::watching, "", "");
@@ -749,6 +752,12 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::restart_and_verify(Deploy
     log_claim(deploy);
     spdlog::info("{}: restarting production on {}", target_.name, short_sha(commit));
     record_sync_ = std::async(std::launch::async, [record] { make_durable(record); });
+    // Should the commit prove healthy, recording it as known-good then costs one fsync, not two.
+    if (!reverting) {
+      known_good_sync_ = std::async(std::launch::async, [&store = store_, name = target_.name, c = commit] {
+        store.stage_known_good(name, c);
+      });
+    }
   };
   RunResult r = co_await actions_.restart(std::move(on_started));
   log_claim(deploy);  // when the command could not even start
@@ -1137,7 +1146,8 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
     co_await revert(deploy, std::move(verdict));
     co_return;
   }
-  if (auto ec = store_.set_known_good(target_.name, deploy.commit)) {
+  if (known_good_sync_.valid()) known_good_sync_.get();  // staged during the restart and the checks, if it was
+  if (auto ec = store_.promote_known_good(target_.name, deploy.commit)) {
     spdlog::error("{}: deployed {} but cannot record it as known-good: {}", target_.name, short_sha(deploy.commit),
                   ec.message());
   } else {

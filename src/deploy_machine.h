@@ -212,7 +212,10 @@ class DeployMachine {
   std::string confirm_fallback_;  // why confirm = "listener" was given up, once it was
   std::string confirmed_;         // the new process the last verify confirmed, for the history
   int unseen_in_a_row_ = 0;       // probes in a row whose listener could not be seen
-  std::future<void> record_sync_;  // the fsync of the last restart's record (its destructor waits for it)
+  // Durability work on threads of their own, while the loop goes on (each destructor waits):
+  std::future<void> record_sync_;      // the fsync of the last restart's record
+  std::future<void> known_good_sync_;  // the deployed commit staged as known-good
+  std::future<void> history_sync_;     // the fsync of the last history line
 };
 
 /// "waiting-idle" etc.
