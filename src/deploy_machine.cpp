@@ -19,6 +19,7 @@
 #include <cctype>
 #include <fstream>
 #include <future>
+#include <system_error>
 
 namespace sentinel {
 namespace asio = boost::asio;
@@ -100,6 +101,18 @@ bool modified_within(const fs::path& file, Duration age) {
 std::string one_line(std::string text) {
   std::replace_if(text.begin(), text.end(), [](unsigned char c) { return c < 0x20 || c == 0x7f; }, ' ');
   return text;
+}
+
+/// Runs `work` on a thread of its own, or right here when no thread can be started (threads or
+/// memory exhausted): durability work must never fail the deploy it protects, and an exception
+/// thrown right after a spawn would kill the restart it follows.
+std::future<void> in_background(const std::function<void()>& work) {
+  try {
+    return std::async(std::launch::async, work);
+  } catch (const std::system_error&) {
+    work();
+    return {};
+  }
 }
 
 json::array lines_json(const std::vector<std::string>& lines) {
@@ -344,7 +357,7 @@ void DeployMachine::finish(const Outcome& outcome) {
   if (auto ec = store_.append_history(target_.name, outcome, false)) {
     spdlog::warn("{}: cannot append to history in {}: {}", target_.name, store_.dir().string(), ec.message());
   } else {
-    history_sync_ = std::async(std::launch::async, [&store = store_, name = target_.name] { store.sync_history(name); });
+    history_sync_ = in_background([&store = store_, name = target_.name] { store.sync_history(name); });
   }
   if (outcome.result != "rejected") status_.last_outcome = outcome;
   enter(Phase::watching, "", "");
@@ -751,10 +764,10 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::restart_and_verify(Deploy
     if (!status_first) enter(Phase::restarting, commit, detail);
     log_claim(deploy);
     spdlog::info("{}: restarting production on {}", target_.name, short_sha(commit));
-    record_sync_ = std::async(std::launch::async, [record] { make_durable(record); });
+    record_sync_ = in_background([record] { make_durable(record); });
     // Should the commit prove healthy, recording it as known-good then costs one fsync, not two.
     if (!reverting) {
-      known_good_sync_ = std::async(std::launch::async, [&store = store_, name = target_.name, c = commit] {
+      known_good_sync_ = in_background([&store = store_, name = target_.name, c = commit] {
         store.stage_known_good(name, c);
       });
     }
