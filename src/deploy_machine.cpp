@@ -363,7 +363,7 @@ void DeployMachine::finish(const Outcome& outcome) {
   enter(Phase::watching, "", "");
 }
 
-void DeployMachine::write_record(const Deploy& deploy, bool durable) {
+void DeployMachine::write_record(const Deploy& deploy, bool durable, fs::path* old_left_at) {
   json::object doc{{"phase", deploy.record_phase},
                    {"commit", deploy.commit},
                    {"previous_known_good", deploy.previous_known_good},
@@ -379,7 +379,8 @@ void DeployMachine::write_record(const Deploy& deploy, bool durable) {
                    {"recovery", deploy.recovery},
                    {"restart_began_ticks", deploy.restart_began}};
   const fs::path file = target_.marker_dir / marker_file::in_progress;
-  if (auto ec = write_file_atomic(file, json::serialize(doc) + "\n", durable)) {
+  const std::string text = json::serialize(doc) + "\n";
+  if (auto ec = old_left_at ? swap_file_in(file, text, *old_left_at) : write_file_atomic(file, text, durable)) {
     spdlog::error("{}: cannot update the deploy record {}: {}", target_.name, file.string(), ec.message());
   }
 }
@@ -746,7 +747,15 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::restart_and_verify(Deploy
   // know whether this restart happened.
   deploy.record_phase = reverting ? "restarting-reverted" : "restarting";
   deploy.restart_began = boot_ticks_now();  // recorded with the phase: a resumed verify needs it
-  write_record(deploy, false);
+  // Swapped in rather than renamed over the claimed marker: that rename costs the restart
+  // ~100 µs (ms in the tail) on ext4. The claimed marker's old text is removed after the spawn.
+  fs::path old_record;
+  write_record(deploy, false, &old_record);
+  auto remove_old_record = [&old_record] {
+    std::error_code ignored;
+    if (!old_record.empty()) fs::remove(old_record, ignored);
+    old_record.clear();
+  };
   const std::string detail = reverting ? "reverting to the last known-good commit" : "";
   // Under the lease lock, "restarting" goes into the status before the restart: `hold` reads it
   // there. Without a lease nothing waits on it, so it is written once the restart has started,
@@ -761,6 +770,7 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::restart_and_verify(Deploy
   // durable on a thread of its own, while the restart and the health checks run: on a busy disk
   // one fsync takes longer than a whole quick restart, and the loop has nothing to wait for.
   std::function<void()> on_started = [&] {  // named: g++ 12
+    remove_old_record();
     if (!status_first) enter(Phase::restarting, commit, detail);
     log_claim(deploy);
     spdlog::info("{}: restarting production on {}", target_.name, short_sha(commit));
@@ -774,6 +784,7 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::restart_and_verify(Deploy
   };
   RunResult r = co_await actions_.restart(std::move(on_started));
   log_claim(deploy);  // when the command could not even start
+  remove_old_record();
   if (!r.ok()) {
     spdlog::warn("{}: restart command {} after {}", target_.name, r.describe(), format_duration(r.elapsed));
     co_return Verdict{false, "the restart command " + r.describe(), r.tail};

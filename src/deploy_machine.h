@@ -183,7 +183,8 @@ class DeployMachine {
   void stuck(const std::string& why);
   void finish(const Outcome& outcome);
   void enter(Phase phase, const std::string& commit, const std::string& detail);
-  void write_record(const Deploy& deploy, bool durable);
+  /// With `old_left_at`, swaps the record in (swap_file_in) and says where the old one was left.
+  void write_record(const Deploy& deploy, bool durable, std::filesystem::path* old_left_at = nullptr);
   bool exists(std::string_view file_name) const;
   /// Shows what the target waits for in `status`, and logs it when it changes.
   void note_waiting(const std::string& why);
