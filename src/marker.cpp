@@ -306,6 +306,12 @@ fs::path write_temp(const fs::path& file, std::string_view content, bool durable
 }  // namespace
 
 error_code write_file_atomic(const fs::path& file, std::string_view content, bool durable) {
+  if (!durable) {  // swapped in, the old text removed at once: cheaper than a rename over it
+    fs::path old;
+    error_code ec = swap_file_in(file, content, old);
+    if (!ec && !old.empty()) ::unlink(old.c_str());
+    return ec;
+  }
   error_code ec;
   const fs::path tmp = write_temp(file, content, durable, ec);
   if (ec) return ec;

@@ -63,7 +63,8 @@ boost::system::error_code reject_marker(const std::filesystem::path& dir, std::s
 
 /// Writes `content` to `file` through a temporary file in the same directory and a rename, so
 /// readers see the old or the new content, never a mix. With `durable`, the file and its
-/// directory are fsynced so the rename survives a power cut. The temporary is removed on failure.
+/// directory are fsynced so the rename survives a power cut; without, the new file is swapped in
+/// (swap_file_in) and the old one removed at once. The temporary is removed on failure.
 boost::system::error_code write_file_atomic(const std::filesystem::path& file, std::string_view content,
                                             bool durable);
 
