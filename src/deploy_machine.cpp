@@ -20,6 +20,8 @@
 #include <algorithm>
 #include <cctype>
 #include <fstream>
+#include <future>
+#include <system_error>
 
 namespace sentinel {
 namespace asio = boost::asio;
@@ -101,6 +103,18 @@ bool modified_within(const fs::path& file, Duration age) {
 std::string one_line(std::string text) {
   std::replace_if(text.begin(), text.end(), [](unsigned char c) { return c < 0x20 || c == 0x7f; }, ' ');
   return text;
+}
+
+/// Runs `work` on a thread of its own, or right here when no thread can be started (threads or
+/// memory exhausted): durability work must never fail the deploy it protects, and an exception
+/// thrown right after a spawn would kill the restart it follows.
+std::future<void> in_background(const std::function<void()>& work) {
+  try {
+    return std::async(std::launch::async, work);
+  } catch (const std::system_error&) {
+    work();
+    return {};
+  }
 }
 
 json::array lines_json(const std::vector<std::string>& lines) {
@@ -320,6 +334,7 @@ struct DeployMachine::Deploy {
   RestartPermit permit;  // held from the end of the idle gate until "restarting" is recorded
   std::shared_ptr<void> pause_lock;  // likewise, from the last look at the pause
   bool waited = false;  // a pause, the window or min_interval held it: HEAD may have moved since the claim
+  std::string claim_note;  // the "claimed deploy" log line, until it is logged (after the spawn, when no wait comes first)
   bool recovery = false;  // a revert of a down production, not of a deploy
   unsigned long long restart_began = 0;  // clock ticks since boot when the last restart began; 0 = unknown
 
@@ -366,8 +381,11 @@ void DeployMachine::enter(Phase phase, const std::string& commit, const std::str
 }
 
 void DeployMachine::finish(const Outcome& outcome) {
-  if (auto ec = store_.append_history(target_.name, outcome)) {
+  // Written at once, so whoever sees the outcome finds it there; fsynced on a thread of its own.
+  if (auto ec = store_.append_history(target_.name, outcome, false)) {
     spdlog::warn("{}: cannot append to history in {}: {}", target_.name, store_.dir().string(), ec.message());
+  } else {
+    history_sync_ = in_background([&store = store_, name = target_.name] { store.sync_history(name); });
   }
   if (outcome.result != "rejected") status_.last_outcome = outcome;
   report_transition({target_.name, status_.phase, outcome.commit, outcome.reason, outcome.result}, false);
@@ -375,7 +393,7 @@ void DeployMachine::finish(const Outcome& outcome) {
   enter(phase_ == Phase::starting ? Phase::starting : Phase::watching, "", "");
 }
 
-boost::system::error_code DeployMachine::write_record(const Deploy& deploy, bool durable) {
+boost::system::error_code DeployMachine::write_record(const Deploy& deploy, bool durable, fs::path* old_left_at) {
   json::object doc{{"phase", deploy.record_phase},
                    {"commit", deploy.commit},
                    {"previous_known_good", deploy.previous_known_good},
@@ -391,7 +409,8 @@ boost::system::error_code DeployMachine::write_record(const Deploy& deploy, bool
                    {"recovery", deploy.recovery},
                    {"restart_began_ticks", deploy.restart_began}};
   const fs::path file = target_.marker_dir / marker_file::in_progress;
-  auto ec = write_file_atomic(file, json::serialize(doc) + "\n", durable);
+  const std::string text = json::serialize(doc) + "\n";
+  auto ec = old_left_at ? swap_file_in(file, text, *old_left_at) : write_file_atomic(file, text, durable);
   if (ec && ec.message() != record_error_) {  // logged once while it lasts (a full disk)
     spdlog::error("{}: cannot update the deploy record {}: {}", target_.name, file.string(), ec.message());
   }
@@ -673,15 +692,25 @@ asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) 
   // No record is written yet: until the next phase rewrites it, the claimed marker itself is
   // the record, and a claimed marker found at start-up is deployed like a new one. The claim's
   // rename is not fsynced: undone by a power cut, it leaves .deploy-ready, deployed the same way.
-  // While the record cannot be written, each retry claims the same deploy again: said once.
-  if (unwritable_.empty()) spdlog::info("{}: claimed deploy of {}{}{}", target_.name, short_sha(deploy.commit),
-               deploy.marker.staged_by.empty() ? "" : " staged by " + deploy.marker.staged_by,
-               deploy.marker.message.empty() ? "" : ": \"" + one_line(deploy.marker.message) + "\"");
+  // Logged once
+  // the restart has started, or before waiting for idle: a synchronous log line costs the
+  // restart time.
+  deploy.claim_note = "claimed deploy of " + short_sha(deploy.commit) +
+                      (deploy.marker.staged_by.empty() ? "" : " staged by " + deploy.marker.staged_by) +
+                      (deploy.marker.message.empty() ? "" : ": \"" + one_line(deploy.marker.message) + "\"");
   co_return Next::deploy;
+}
+
+void DeployMachine::log_claim(Deploy& deploy) {
+  if (deploy.claim_note.empty()) return;
+  // While the record cannot be written, each retry claims the same deploy again: said once.
+  if (unwritable_.empty()) spdlog::info("{}: {}", target_.name, deploy.claim_note);
+  deploy.claim_note.clear();
 }
 
 asio::awaitable<DeployMachine::Gate> DeployMachine::wait_until_idle(Deploy& deploy) {
   const IdleConfig& idle = *target_.idle;
+  log_claim(deploy);
   deploy.record_phase = "waiting-idle";
   write_record(deploy, false);  // a lost rewrite leaves the claimed marker, which resumes the same way
   const std::string what = "deploy of " + short_sha(deploy.commit) + " waiting: ";
@@ -816,6 +845,7 @@ asio::awaitable<DeployMachine::Gate> DeployMachine::wait_for_go_ahead(Deploy& de
     const std::string kind = !h.paused.empty() ? h.paused : h.held.substr(0, h.held.find(':'));
     deploy.waited = true;
     if (kind != told) {
+      log_claim(deploy);
       spdlog::info("{}: deploy of {} {}", target_.name, short_sha(deploy.commit), d.why);
       told = kind;
       deploy.record_phase = "held";
@@ -882,25 +912,60 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::restart_and_verify(Deploy
   // know whether this restart happened.
   deploy.record_phase = reverting ? "restarting-reverted" : "restarting";
   deploy.restart_began = boot_ticks_now();  // recorded with the phase: a resumed verify needs it
+  // Swapped in rather than renamed over the claimed marker: that rename costs the restart
+  // ~100 µs (ms in the tail) on ext4. The claimed marker's old text is removed after the spawn.
   // A deploy does not start without its record (a full disk): it would be restarted again after
   // a crash. A revert goes on regardless: production is down on a failed commit.
-  if (auto ec = write_record(deploy, false); ec && !reverting) {
+  fs::path old_record;
+  if (auto ec = write_record(deploy, false, &old_record); ec && !reverting) {
     throw RecordUnwritable{"cannot record the restart of " + short_sha(commit) + " in " + record.string() + " (" +
                            ec.message() + "), so the deploy waits"};
   }
-  enter(Phase::restarting, commit, reverting ? "reverting to the last known-good commit" : "");
-  deploy.permit = {};  // "restarting" is recorded: a hold from now on is refused
-  deploy.pause_lock.reset();  // and so is a pause
-  if (!reverting && !deploy.recovery) {
-    if (auto ec = store_.set_last_deploy_restart(target_.name, std::chrono::system_clock::now())) {
-      spdlog::warn("{}: cannot record the time of this restart (min_interval): {}", target_.name, ec.message());
-    }
+  auto remove_old_record = [&old_record] {
+    std::error_code ignored;
+    if (!old_record.empty()) fs::remove(old_record, ignored);
+    old_record.clear();
+  };
+  const std::string detail = reverting ? "reverting to the last known-good commit" : "";
+  // Under the lease lock, "restarting" goes into the status before the restart: `hold` reads it
+  // there. Without a lease nothing waits on it, so it is written once the restart has started,
+  // like the log lines: the time from marker to restart is spent on the record alone. The pause
+  // lock is held until then, so `pause` sees "restarting" and is refused.
+  const bool status_first = deploy.permit.hold_off != nullptr;
+  if (status_first) {
+    enter(Phase::restarting, commit, detail);
+    deploy.permit = {};  // "restarting" is recorded: a hold from now on is refused
   }
-  spdlog::info("{}: restarting production on {}", target_.name, short_sha(commit));
+  auto after_spawn_bookkeeping = [&] {
+    if (!status_first) enter(Phase::restarting, commit, detail);
+    deploy.pause_lock.reset();  // "restarting" is recorded: a pause from now on is refused
+    if (!reverting && !deploy.recovery) {
+      if (auto ec = store_.set_last_deploy_restart(target_.name, std::chrono::system_clock::now())) {
+        spdlog::warn("{}: cannot record the time of this restart (min_interval): {}", target_.name, ec.message());
+      }
+    }
+  };
   // The record goes durable once the restart has started: fsync costs more than the spawn, and
-  // the worst a power cut before it can do is one extra restart after the reboot.
-  std::function<void()> on_started = [&] { make_durable(record); };  // named: g++ 12
+  // the worst a power cut before it can do is one extra restart after the reboot. It is made
+  // durable on a thread of its own, while the restart and the health checks run: on a busy disk
+  // one fsync takes longer than a whole quick restart, and the loop has nothing to wait for.
+  std::function<void()> on_started = [&] {  // named: g++ 12
+    remove_old_record();
+    after_spawn_bookkeeping();
+    log_claim(deploy);
+    spdlog::info("{}: restarting production on {}", target_.name, short_sha(commit));
+    record_sync_ = in_background([record] { make_durable(record); });
+    // Should the commit prove healthy, recording it as known-good then costs one fsync, not two.
+    if (!reverting) {
+      known_good_sync_ = in_background([&store = store_, name = target_.name, c = commit] {
+        store.stage_known_good(name, c);
+      });
+    }
+  };
   RunResult r = co_await actions_.restart(std::move(on_started));
+  log_claim(deploy);  // when the command could not even start
+  remove_old_record();
+  deploy.pause_lock.reset();
   if (!r.ok()) {
     spdlog::warn("{}: restart command {} after {}", target_.name, r.describe(), format_duration(r.elapsed));
     co_return Verdict{false, "the restart command " + r.describe(), r.tail};
@@ -1318,7 +1383,8 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
     co_await revert(deploy, std::move(verdict));
     co_return;
   }
-  if (auto ec = store_.set_known_good(target_.name, deploy.commit)) {
+  if (known_good_sync_.valid()) known_good_sync_.get();  // staged during the restart and the checks, if it was
+  if (auto ec = store_.promote_known_good(target_.name, deploy.commit)) {
     spdlog::error("{}: deployed {} but cannot record it as known-good: {}", target_.name, short_sha(deploy.commit),
                   ec.message());
   } else {

@@ -16,6 +16,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <future>
 #include <memory>
 #include <string>
 
@@ -182,6 +183,8 @@ class DeployMachine {
   /// refused because the restart is recorded. Empty when it cannot be had (logged).
   boost::asio::awaitable<std::shared_ptr<void>> lock_pause();
   boost::asio::awaitable<Gate> wait_until_idle(Deploy& deploy);
+  /// Logs the deploy's claim, once.
+  void log_claim(Deploy& deploy);
   /// Restarts production on the deploy's commit, or on its previous known-good when `reverting`.
   boost::asio::awaitable<Verdict> restart_and_verify(Deploy& deploy, bool reverting);
   /// Probes until healthy `successes` times in a row or the deadline. With confirm, a healthy
@@ -208,8 +211,10 @@ class DeployMachine {
   void stuck(const std::string& why);
   void finish(const Outcome& outcome);
   void enter(Phase phase, const std::string& commit, const std::string& detail);
-  /// Rewrites `.deploy-in-progress`; a failure is logged and returned.
-  boost::system::error_code write_record(const Deploy& deploy, bool durable);
+  /// Rewrites `.deploy-in-progress`; a failure is logged (once while it lasts) and returned.
+  /// With `old_left_at`, swaps the record in (swap_file_in) and says where the old one was left.
+  boost::system::error_code write_record(const Deploy& deploy, bool durable,
+                                         std::filesystem::path* old_left_at = nullptr);
   bool exists(std::string_view file_name) const;
   /// Reads a marker in the marker directory, accepting the configured owners (by default the
   /// directory's owner and root).
@@ -246,6 +251,10 @@ class DeployMachine {
   int unseen_in_a_row_ = 0;       // probes in a row whose listener could not be seen
   std::optional<DeployWindow> window_;
   std::string pause_noted_;       // the pause last logged, so each is logged once when it starts and ends
+  // Durability work on threads of their own, while the loop goes on (each destructor waits):
+  std::future<void> record_sync_;      // the fsync of the last restart's record
+  std::future<void> known_good_sync_;  // the deployed commit staged as known-good
+  std::future<void> history_sync_;     // the fsync of the last history line
 };
 
 /// "waiting-idle" etc.

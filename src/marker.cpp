@@ -324,15 +324,22 @@ error_code make_durable(const fs::path& file) {
   return fsync_dir(file.parent_path());
 }
 
-error_code write_file_atomic(const fs::path& file, std::string_view content, bool durable) {
+namespace {
+
+/// Writes `content` to a fresh temporary file beside `file` and returns its path; removes it
+/// and returns an empty path on failure.
+fs::path write_temp(const fs::path& file, std::string_view content, bool durable, error_code& ec) {
   fs::path tmp = file;
   tmp += ".tmp." + std::to_string(::getpid());
   ::unlink(tmp.c_str());  // a leftover of ours, or something planted: never write through it
   Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644));
-  if (fd.fd < 0) return last_error();
+  if (fd.fd < 0) {
+    ec = last_error();
+    return {};
+  }
   const char* p = content.data();
   std::size_t left = content.size();
-  error_code ec;
+  ec.clear();
   while (left > 0) {
     ssize_t n = ::write(fd.fd, p, left);
     if (n < 0 && errno == EINTR) continue;
@@ -344,12 +351,48 @@ error_code write_file_atomic(const fs::path& file, std::string_view content, boo
     left -= static_cast<std::size_t>(n);
   }
   if (!ec && durable && ::fsync(fd.fd) != 0) ec = last_error();
-  if (!ec && ::rename(tmp.c_str(), file.c_str()) != 0) ec = last_error();
   if (ec) {
+    ::unlink(tmp.c_str());
+    return {};
+  }
+  return tmp;
+}
+
+}  // namespace
+
+error_code write_file_atomic(const fs::path& file, std::string_view content, bool durable) {
+  if (!durable) {  // swapped in, the old text removed at once: cheaper than a rename over it
+    fs::path old;
+    error_code ec = swap_file_in(file, content, old);
+    if (!ec && !old.empty()) ::unlink(old.c_str());
+    return ec;
+  }
+  error_code ec;
+  const fs::path tmp = write_temp(file, content, durable, ec);
+  if (ec) return ec;
+  if (::rename(tmp.c_str(), file.c_str()) != 0) {
+    ec = last_error();
     ::unlink(tmp.c_str());
     return ec;
   }
   return durable ? fsync_dir(file.parent_path()) : error_code{};
+}
+
+error_code swap_file_in(const fs::path& file, std::string_view content, fs::path& old_left_at) {
+  old_left_at.clear();
+  error_code ec;
+  const fs::path tmp = write_temp(file, content, false, ec);
+  if (ec) return ec;
+  if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, file.c_str(), RENAME_EXCHANGE) == 0) {
+    old_left_at = tmp;
+    return {};
+  }
+  // No file to swap with, or a file system without RENAME_EXCHANGE: the plain rename.
+  if (::rename(tmp.c_str(), file.c_str()) != 0) {
+    ec = last_error();
+    ::unlink(tmp.c_str());
+  }
+  return ec;
 }
 
 }  // namespace sentinel

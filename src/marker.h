@@ -73,9 +73,19 @@ boost::system::error_code reject_marker(const std::filesystem::path& dir, std::s
 
 /// Writes `content` to `file` through a temporary file in the same directory and a rename, so
 /// readers see the old or the new content, never a mix. With `durable`, the file and its
-/// directory are fsynced so the rename survives a power cut. The temporary is removed on failure.
+/// directory are fsynced so the rename survives a power cut; without, the new file is swapped in
+/// (swap_file_in) and the old one removed at once. The temporary is removed on failure.
 boost::system::error_code write_file_atomic(const std::filesystem::path& file, std::string_view content,
                                             bool durable);
+
+/// write_file_atomic without fsync, for a file that exists: the new content is swapped in with
+/// renameat2(RENAME_EXCHANGE) and the old one left at `old_left_at` for the caller to remove when
+/// it has time. On ext4 a rename over an existing file first starts writing the new file's data
+/// out (auto_da_alloc) and frees the old inode: ~120 µs p50 and 2 ms p99 on this VM, against
+/// ~25 µs and 50 µs for the exchange. Where there is nothing to swap with (or no exchange), a
+/// plain rename, and `old_left_at` stays empty.
+boost::system::error_code swap_file_in(const std::filesystem::path& file, std::string_view content,
+                                       std::filesystem::path& old_left_at);
 
 /// fsyncs `file` and its directory, so a rename that put it in place survives a power cut.
 boost::system::error_code make_durable(const std::filesystem::path& file);

@@ -109,6 +109,42 @@ error_code StateStore::set_known_good(const std::string& target, const std::stri
   return write_file_atomic(current, commit + "\n", true);
 }
 
+error_code StateStore::stage_known_good(const std::string& target, const std::string& commit) const {
+  // The generation it will replace goes to known-good.bak now, off the critical path, as
+  // set_known_good does at once: a torn known-good later falls back to it.
+  bool missing = false;
+  std::string problem;
+  const std::string replaced = read_commit_file(target_dir(target) / "known-good", missing, problem);
+  if (!replaced.empty() && replaced != commit) {
+    if (auto ec = write_file_atomic(target_dir(target) / "known-good.bak", replaced + "\n", true)) return ec;
+  }
+  const fs::path file = target_dir(target) / "known-good.next";
+  int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd < 0) return error_code(errno, boost::system::system_category());
+  const std::string line = commit + "\n";
+  error_code ec;
+  if (::write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size()) || ::fsync(fd) != 0) {
+    ec = error_code(errno, boost::system::system_category());
+  }
+  ::close(fd);
+  return ec;
+}
+
+error_code StateStore::promote_known_good(const std::string& target, const std::string& commit) const {
+  const fs::path dir = target_dir(target);
+  error_code ec;
+  std::string staged = read_small_file(dir / "known-good.next", ec, 1024);
+  // Written and fsynced in full by stage_known_good, or not used: then the slow way.
+  if (ec || staged != commit + "\n" || ::rename((dir / "known-good.next").c_str(), (dir / "known-good").c_str()) != 0) {
+    return set_known_good(target, commit);
+  }
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return error_code(errno, boost::system::system_category());
+  if (::fsync(fd) != 0) ec = error_code(errno, boost::system::system_category());
+  ::close(fd);
+  return ec;
+}
+
 error_code StateStore::write_status(const std::string& target, const TargetStatus& s) const {
   json::object doc{{"name", target},       {"phase", s.phase},   {"since", s.since},
                    {"commit", s.commit},   {"detail", s.detail}, {"last_known_good", s.last_known_good},
@@ -137,13 +173,13 @@ std::optional<TargetStatus> StateStore::read_status(const std::string& target) c
   return s;
 }
 
-error_code StateStore::append_history(const std::string& target, const Outcome& outcome) const {
+error_code StateStore::append_history(const std::string& target, const Outcome& outcome, bool sync) const {
   const fs::path file = target_dir(target) / "history.jsonl";
   int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0644);
   if (fd < 0) return error_code(errno, boost::system::system_category());
   const std::string line = json::serialize(outcome_json(outcome)) + "\n";
   error_code ec;
-  if (::write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size()) || ::fsync(fd) != 0) {
+  if (::write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size()) || (sync && ::fsync(fd) != 0)) {
     ec = error_code(errno, boost::system::system_category());
   }
   ::close(fd);
@@ -200,6 +236,16 @@ error_code StateStore::set_last_deploy_restart(const std::string& target, std::c
   // Rounded up to the whole second the file can hold, so that the interval is never cut short.
   return write_file_atomic(target_dir(target) / "last-deploy-restart",
                            format_utc(std::chrono::ceil<std::chrono::seconds>(at)) + "\n", false);
+}
+
+error_code StateStore::sync_history(const std::string& target) const {
+  const fs::path file = target_dir(target) / "history.jsonl";
+  int fd = ::open(file.c_str(), O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return error_code(errno, boost::system::system_category());
+  error_code ec;
+  if (::fsync(fd) != 0) ec = error_code(errno, boost::system::system_category());
+  ::close(fd);
+  return ec;
 }
 
 InstanceLock::InstanceLock(const fs::path& state_dir) {

@@ -66,13 +66,24 @@ class StateStore {
   std::string known_good(const std::string& target) const { return read_known_good(target).commit; }
   /// Records `commit`, keeping the commit it replaces as `known-good.bak`. Both are fsynced.
   boost::system::error_code set_known_good(const std::string& target, const std::string& commit) const;
+  /// Writes `commit` durably beside the known-good file as the one in waiting, so that
+  /// promote_known_good() later costs one directory fsync instead of two fsyncs, and keeps the
+  /// current known-good commit as `known-good.bak`. Touches nothing else: safe on another thread
+  /// while the caller goes on.
+  boost::system::error_code stage_known_good(const std::string& target, const std::string& commit) const;
+  /// Makes `commit` the known-good commit, durably: the staged file renamed into place when it
+  /// holds `commit`, otherwise set_known_good(). Call it once no stage_known_good() runs.
+  boost::system::error_code promote_known_good(const std::string& target, const std::string& commit) const;
 
   boost::system::error_code write_status(const std::string& target, const TargetStatus& status) const;
   /// nullopt when the daemon never wrote one (or it is unreadable).
   std::optional<TargetStatus> read_status(const std::string& target) const;
 
-  /// Appends one JSON line to the target's history.
-  boost::system::error_code append_history(const std::string& target, const Outcome& outcome) const;
+  /// Appends one JSON line to the target's history, fsynced unless `sync` is false (then
+  /// sync_history() makes it durable, on another thread if the caller likes).
+  boost::system::error_code append_history(const std::string& target, const Outcome& outcome,
+                                           bool sync = true) const;
+  boost::system::error_code sync_history(const std::string& target) const;
 
   /// The pause of `target` in force at `now`: nullopt when there is none or it has ended. A pause
   /// file that cannot be read is in force (its reason says so and how to end it).

@@ -15,6 +15,7 @@
 #include <spdlog/spdlog.h>
 
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -299,6 +300,9 @@ asio::awaitable<RunResult> run_command(RunSpec spec) {
     co_return result;
   }
   GroupReaper reaper{pid};
+  // The child has exec'd but is still loading: on a busy machine the daemon's bookkeeping that
+  // follows would take the CPU it needs to reach main(). Let it go first.
+  ::sched_yield();
   if (spec.on_started) spec.on_started();
   std::optional<bp::process> attached;
   try {

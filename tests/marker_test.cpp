@@ -513,6 +513,21 @@ TEST_CASE("an atomic write into a missing directory fails cleanly") {
   }
 }
 
+TEST_CASE("a record swapped in replaces the old one at once and leaves the old text for later removal") {
+  ScratchDir dir;
+  write_text(dir / "record", "claimed marker");
+  std::filesystem::path old;
+  REQUIRE_FALSE(swap_file_in(dir / "record", "the new record", old));
+  CHECK(read_text(dir / "record") == "the new record");
+  REQUIRE_FALSE(old.empty());
+  CHECK(read_text(old) == "claimed marker");
+
+  std::filesystem::path none;
+  REQUIRE_FALSE(swap_file_in(dir / "fresh", "first", none));  // nothing to swap with: a plain rename
+  CHECK(read_text(dir / "fresh") == "first");
+  CHECK(none.empty());
+}
+
 TEST_CASE("make_durable succeeds on a file and reports a missing one") {
   ScratchDir dir;
   write_text(dir / "f", "x");
