@@ -567,13 +567,24 @@ TEST_CASE("a command that prints 100 MB without a newline is read in bounded pie
   const long peak_before = peak_rss_kib();
   RunSpec spec = shell("head -c 100000000 /dev/zero | tr '\\0' x");
   spec.log_tag = "huge";
-  spec.timeout = 60s;
+  spec.timeout = 120s;
+  const auto started = Clock::now();
   RunResult r = run(spec);
+  const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
   const long peak_after = peak_rss_kib();
   spdlog::set_default_logger(previous);
   REQUIRE(r.ok());
-  CHECK(peak_after - peak_before < 32 * 1024);  // far below the 100 MB that went through
   REQUIRE(r.tail.size() == 20);
   CHECK(r.tail.back().size() <= 8192);
-  CHECK(logged.str().size() < 16 * 1024 * 1024);  // the burst and the count, not 100 MB
+  // The burst of 1000 pieces of at most 8 KiB, then 100 a second, and the count lines.
+  const double allowed = (1000 + 100 * (seconds + 1)) * (8192 + 64);
+  CHECK(static_cast<double>(logged.str().size()) < allowed);
+  CHECK(logged.str().find("lines not logged") != std::string::npos);
+#if defined(__SANITIZE_ADDRESS__)
+  MESSAGE("peak RSS not checked: ASan keeps freed memory in quarantine");
+  (void)peak_before;
+  (void)peak_after;
+#else
+  CHECK(peak_after - peak_before < 32 * 1024);  // far below the 100 MB that went through
+#endif
 }
