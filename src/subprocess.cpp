@@ -300,6 +300,7 @@ asio::awaitable<RunResult> run_command(RunSpec spec) {
   }
   GroupReaper reaper{pid};
   if (spec.on_started) spec.on_started();
+  if (spec.on_pid) spec.on_pid(pid);
   std::optional<bp::process> attached;
   try {
     attached.emplace(executor, pid);  // pidfd_open: fails only when out of fds or forbidden
