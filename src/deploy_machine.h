@@ -9,6 +9,7 @@
 #include "idle_gate.h"
 #include "listener.h"
 #include "marker.h"
+#include "preflight.h"
 #include "state_store.h"
 #include "subprocess.h"
 
@@ -53,6 +54,10 @@ class TargetActions {
   }
   virtual boost::asio::awaitable<HeadCommit> head() = 0;
   virtual boost::asio::awaitable<RunResult> reset_to(std::string commit) = 0;
+  /// Boots the staged commit in a sandbox and probes it (see run_preflight).
+  virtual boost::asio::awaitable<PreflightResult> preflight(PreflightRun run) {
+    co_return co_await run_preflight(std::move(run));
+  }
 };
 
 /// TargetActions for real: the configured commands as subprocesses, HTTP or command probes, git.
@@ -96,7 +101,7 @@ class DeployMachine {
   /// Phases as `status` shows them. Recovery of a down production uses restarting, verifying,
   /// reverting and rebuilding too.
   enum class Phase { starting, watching, waiting_idle, restarting, verifying, reverting, rebuilding,
-                     quarantined };
+                     quarantined, preflight };
 
   DeployMachine(const TargetConfig& target, const StateStore& store, TargetActions& actions,
                 boost::asio::any_io_executor executor);
@@ -142,6 +147,8 @@ class DeployMachine {
   boost::asio::awaitable<void> serve();
   boost::asio::awaitable<void> start_up();
   boost::asio::awaitable<void> adopt_running_commit();
+  /// Kills a pre-flight shadow a killed run left behind and removes its {data} directories.
+  void clean_up_after_preflight();
   /// Waits until poke(), request_stop() or `until`.
   boost::asio::awaitable<void> wait_for_poke(Clock::time_point until = Clock::time_point::max());
   boost::asio::awaitable<void> sleep_for(Duration d);
@@ -161,6 +168,11 @@ class DeployMachine {
   /// carry_out, or why the deploy could not start because its record could not be written.
   boost::asio::awaitable<std::string> carry_out_unless_unwritable(Deploy& deploy);
   boost::asio::awaitable<void> wait_until_idle(Deploy& deploy);
+  /// The pre-flight (when configured) concurrently with the wait for idle; false when the deploy
+  /// was rejected by its pre-flight or replaced by a newer marker, and is over.
+  boost::asio::awaitable<bool> preflight_and_idle(Deploy& deploy);
+  /// A failed pre-flight: the checkout back on known-good and built, `.deploy-rejected`, a cycle owed.
+  boost::asio::awaitable<void> reject_after_preflight(Deploy& deploy, const PreflightResult& result);
   /// Restarts production on the deploy's commit, or on its previous known-good when `reverting`.
   boost::asio::awaitable<Verdict> restart_and_verify(Deploy& deploy, bool reverting);
   /// Probes until healthy `successes` times in a row or the deadline. With confirm, a healthy

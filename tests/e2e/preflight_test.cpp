@@ -1,0 +1,229 @@
+// Pre-flight end to end: the real daemon, real bubblewrap sandboxes, the real fake-service as
+// production and as its shadow, real git and real files.
+#include "harness.h"
+
+#include <boost/json.hpp>
+#include <doctest/doctest.h>
+
+#include <sstream>
+#include <thread>
+
+using namespace sentinel::test;
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+namespace json = boost::json;
+
+namespace {
+
+json::object json_object(const fs::path& file) { return json::parse(read_file(file)).as_object(); }
+
+std::string text(const json::object& obj, std::string_view key) {
+  auto it = obj.find(key);
+  return it != obj.end() && it->value().is_string() ? std::string(it->value().as_string()) : "";
+}
+
+/// The last line of the target's history, as JSON.
+json::object last_outcome(Production& prod) {
+  std::istringstream lines(read_file(prod.state / "targets" / "prod" / "history.jsonl"));
+  std::string line, last;
+  while (std::getline(lines, line)) last = line;
+  return json::parse(last).as_object();
+}
+
+/// A [target.preflight] whose shadow runs `before` (shell) and then the fake-service in the mode
+/// `mode` (a shell word: "$(cat service-mode)" is the mode of the staged commit).
+std::string preflight_section(const std::string& before, const std::string& mode = "$(cat service-mode)",
+                              const std::string& deadline = "10s") {
+  return "\n[target.preflight]\ncommand = [\"sh\", \"-c\", \"" + before + "exec " + FAKE_SERVICE +
+         " serve --port $PORT --mode " + mode + "\"]\nenv = { PORT = \"{port}\" }\n"
+         "health = \"http://127.0.0.1:{port}/health\"\ngrace = \"100ms\"\ninterval = \"50ms\"\nsuccesses = 2\n"
+         "deadline = \"" + deadline + "\"\n";
+}
+
+/// Host pids whose command line contains `needle` (zombies excluded).
+std::vector<pid_t> processes_with(const std::string& needle) {
+  std::vector<pid_t> found;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream in(entry.path() / "cmdline", std::ios::binary);
+    std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+    const pid_t pid = static_cast<pid_t>(std::stol(name));
+    if (cmdline.find(needle) != std::string::npos && !process_gone(pid)) found.push_back(pid);
+  }
+  return found;
+}
+
+/// Polls `done` until it holds or `limit` passes.
+template <typename F>
+bool eventually(F done, std::chrono::milliseconds limit = 5s) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(10ms);
+  }
+  return true;
+}
+
+std::string service_pid(Production& prod) {
+  const std::string pid = read_file(prod.service_dir / "service.pid");
+  return pid.substr(0, pid.find('\n'));
+}
+
+}  // namespace
+
+TEST_CASE("a commit whose service exits at start-up is rejected by pre-flight: production is never restarted, the "
+          "checkout is back on known-good and built, and .deploy-rejected carries the output") {
+  Production::Options options;
+  options.with_build = true;
+  options.extra = preflight_section("echo shadow of $(git rev-parse --short HEAD) starting; ");
+  Production prod(options);
+  auto& daemon = prod.start_watching();
+  const std::string good = prod.commit("healthy");
+  prod.stage_by_rename();
+  REQUIRE(daemon.wait_for_line("pre-flight of " + short_sha(good) + " healthy after", 20s) >= 0);
+  REQUIRE(daemon.wait_for_line("deployed " + short_sha(good), 20s) >= 0);
+  const std::size_t restarts = prod.restarts().size();
+  const std::string production_pid = service_pid(prod);
+  std::error_code ignored;
+  fs::remove(prod.tmp / "build.log", ignored);
+
+  const std::string bad = prod.commit("broken");  // fake-service refuses an unknown mode and exits 64
+  prod.stage_by_rename();
+  REQUIRE(daemon.wait_for_line("rejected " + short_sha(bad) + " after its pre-flight", 20s) >= 0);
+  CHECK(prod.restarts().size() == restarts);
+  CHECK(service_pid(prod) == production_pid);
+  CHECK(prod.healthy());
+  CHECK(prod.head() == good);
+  CHECK(read_file(prod.tmp / "build.log") == "built " + good + "\n");
+  CHECK(!prod.has(".deploy-in-progress"));
+
+  const json::object rejected = json_object(prod.marker(".deploy-rejected"));
+  CHECK(text(rejected, "commit") == bad);
+  CHECK(text(rejected, "phase") == "preflight");
+  CHECK(text(rejected, "reason").find("exited with status 64 at start-up") != std::string::npos);
+  const std::string output = json::serialize(rejected.at("output"));
+  CHECK(output.find("unknown mode 'broken'") != std::string::npos);
+  CHECK(output.find("shadow of " + bad.substr(0, 7)) != std::string::npos);
+
+  const json::object outcome = last_outcome(prod);
+  CHECK(text(outcome, "result") == "rejected");
+  CHECK(text(outcome, "commit") == bad);
+  auto status = json::parse(prod.cli({"status", "--json"}).out).as_object();
+  auto target = status["targets"].as_array().at(0).as_object();
+  CHECK(target["last_outcome"].as_object()["result"].as_string() == "rejected");
+  CHECK(target["last_known_good"].as_string() == good);
+  CHECK(fs::is_empty(prod.state / "preflight"));
+}
+
+TEST_CASE("a commit that starts but never becomes healthy is rejected at the pre-flight deadline, and a child it "
+          "started with setsid() is gone too") {
+  Production::Options options;
+  options.extra = preflight_section("setsid sleep 318.25 & ", "$(cat service-mode)", "2s");
+  Production prod(options);
+  auto& daemon = prod.start_watching();
+  const std::string bad = prod.commit("unhealthy");
+  prod.stage_by_rename();
+  REQUIRE(daemon.wait_for_line("[prod preflight] fake-service: pid", 20s) >= 0);
+  CHECK(eventually([] { return !processes_with("sleep 318.25").empty(); }));
+  REQUIRE(daemon.wait_for_line("rejected " + short_sha(bad) + " after its pre-flight", 20s) >= 0);
+  CHECK(daemon.count_lines("not healthy within 2s (last probe: HTTP 503)") == 1);
+  CHECK(eventually([] { return processes_with("sleep 318.25").empty(); }));
+  CHECK(prod.restarts().size() == 1);
+}
+
+TEST_CASE("an isolated shadow cannot reach production on the host's 127.0.0.1 nor write to the checkout or to "
+          "production's data, and production's data is unchanged") {
+  // Production's data outside /tmp, so that the sandbox's private /tmp does not simply hide it.
+  const fs::path data = fs::path(FAKE_SERVICE).parent_path() / ("e2e-prod-data-" + std::to_string(::getpid()));
+  fs::create_directories(data);
+  write_file(data / "app.db", "production rows\n");
+  Production prod;  // a server on the host's 127.0.0.1 for the shadow to try
+  Production::Options isolated;
+  isolated.extra = preflight_section(
+      "(echo hi > /dev/tcp/127.0.0.1/" + std::to_string(prod.port) +
+      ") 2>/dev/null \\u0026\\u0026 echo HOST-REACHED || echo HOST-UNREACHABLE; "
+      "touch written 2>\\u00261 | grep -q Read-only \\u0026\\u0026 echo CHECKOUT-EROFS; "
+      "(echo changed >> " + (data / "app.db").string() +
+      ") 2>\\u00261 | grep -q Read-only \\u0026\\u0026 echo PRODUCTION-EROFS; "
+      "grep -q 'production rows' $DATA/" + data.filename().string() + "/app.db \\u0026\\u0026 echo COPY-PRESENT; ");
+  isolated.extra += "snapshot = [\"" + data.string() + "\"]\n";
+  isolated.extra.replace(isolated.extra.find("env = { PORT = \"{port}\" }"), 25,
+                         "env = { PORT = \"{port}\", DATA = \"{data}\" }");
+  isolated.extra.replace(isolated.extra.find("\"sh\", \"-c\""), 10, "\"bash\", \"-c\"");
+  Production shadowed(isolated);
+  auto& daemon = shadowed.start_watching();
+  const std::string sha = shadowed.commit("healthy");
+  shadowed.stage_by_rename();
+  REQUIRE(daemon.wait_for_line("deployed " + short_sha(sha), 20s) >= 0);
+  CHECK(daemon.count_lines("[prod preflight] HOST-UNREACHABLE") == 1);
+  CHECK(daemon.count_lines("[prod preflight] HOST-REACHED") == 0);
+  CHECK(daemon.count_lines("[prod preflight] CHECKOUT-EROFS") == 1);
+  CHECK(daemon.count_lines("[prod preflight] PRODUCTION-EROFS") == 1);
+  CHECK(daemon.count_lines("[prod preflight] COPY-PRESENT") == 1);
+  CHECK(!fs::exists(shadowed.checkout / "written"));
+  CHECK(read_file(data / "app.db") == "production rows\n");
+  std::error_code ignored;
+  fs::remove_all(data, ignored);
+}
+
+TEST_CASE("a good commit passes pre-flight while the agent is busy, and is restarted as soon as the agent is idle") {
+  Production::Options options;
+  options.with_idle = true;
+  options.quiet = "300ms";
+  options.extra = preflight_section("");
+  Production prod(options);
+  write_file(prod.tmp / "busy", "");
+  auto& daemon = prod.start_watching();
+  const std::string sha = prod.commit("healthy");
+  prod.stage_by_rename();
+  const int healthy = daemon.wait_for_line("pre-flight of " + short_sha(sha) + " healthy after", 20s);
+  REQUIRE(healthy >= 0);
+  CHECK(prod.restarts().size() == 1);  // still busy: production untouched
+  const auto idle_at = std::chrono::steady_clock::now();
+  fs::remove(prod.tmp / "busy");
+  REQUIRE(daemon.wait_for_line("restarting production on " + short_sha(sha), 10s, healthy) >= 0);
+  const auto waited = std::chrono::steady_clock::now() - idle_at;
+  // quiet (300 ms) plus a few idle checks (50 ms apart); a pre-flight after idle would add its own seconds
+  CHECK(waited < 1500ms);
+  CHECK(daemon.count_lines("waiting for idle once more") == 0);
+  REQUIRE(daemon.wait_for_line("deployed " + short_sha(sha), 10s, healthy) >= 0);
+  CHECK(prod.restarts().size() == 2);
+}
+
+TEST_CASE("a daemon killed with SIGKILL during a pre-flight leaves no shadow and no data behind after its restart, "
+          "and the deploy goes on") {
+  Production::Options options;
+  options.extra = preflight_section("", "slow:60000", "30s");  // never listens within the test
+  Production prod(options);
+  auto& daemon = prod.start_watching();
+  const std::string sha = prod.commit("healthy");
+  prod.stage_by_rename();
+  REQUIRE(daemon.wait_for_line("pre-flight of the checkout on port", 20s) >= 0);
+  json::object record;
+  REQUIRE(eventually([&] {
+    boost::system::error_code ec;  // until the record is written, this is the claimed (empty) marker
+    json::value doc = json::parse(read_file(prod.marker(".deploy-in-progress")), ec);
+    if (ec || !doc.is_object()) return false;
+    record = doc.as_object();
+    return record.contains("preflight_pid");
+  }));
+  const pid_t shadow = static_cast<pid_t>(record.at("preflight_pid").as_int64());
+  const fs::path data = text(record, "preflight_data");
+  CHECK(fs::is_directory(data));
+  CHECK(!processes_with("slow:60000").empty());
+  daemon.kill_hard();
+
+  // The same target, now with a shadow that comes up.
+  std::string config = read_file(prod.config);
+  config.replace(config.find("slow:60000"), 10, "healthy");
+  write_file(prod.config, config);
+  auto& again = prod.start_daemon();
+  REQUIRE(again.wait_for_line("deployed " + short_sha(sha), 20s) >= 0);
+  CHECK(process_gone(shadow));
+  CHECK(processes_with("slow:60000").empty());
+  CHECK(!fs::exists(data));
+  CHECK(fs::is_empty(prod.state / "preflight"));
+  CHECK(prod.restarts().size() == 2);
+}
