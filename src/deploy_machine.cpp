@@ -7,6 +7,7 @@
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/multiple_exceptions.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -1382,8 +1383,8 @@ asio::awaitable<bool> DeployMachine::preflight_and_idle(Deploy& deploy) {
   auto newer_marker = [&]() -> asio::awaitable<void> {
     asio::steady_timer timer(co_await asio::this_coro::executor);
     for (;;) {
-      if (stopping_) throw StopRequested{};
-      if (exists(marker_file::ready)) co_return;
+      // Returning ends the pre-flight (`||` cancels it); an exception would wait for it instead.
+      if (stopping_ || exists(marker_file::ready)) co_return;
       timer.expires_after(200ms);
       co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
     }
@@ -1410,6 +1411,7 @@ asio::awaitable<bool> DeployMachine::preflight_and_idle(Deploy& deploy) {
     deploy.preflight_pid = 0;
     deploy.preflight_start = 0;
     deploy.preflight_data.clear();
+    if (stopping_) throw StopRequested{};
     if (first.index() == 1) throw PreflightSuperseded{};
     PreflightResult result = std::get<0>(std::move(first));
     if (!result.healthy) throw PreflightFailed{std::move(result)};
@@ -1425,13 +1427,30 @@ asio::awaitable<bool> DeployMachine::preflight_and_idle(Deploy& deploy) {
   };
   std::optional<PreflightResult> failed;
   bool superseded = false;
+  std::exception_ptr error;
   try {
     auto both = preflight_branch() && idle_branch();
     co_await std::move(both);
-  } catch (PreflightFailed& e) {
-    failed = std::move(e.result);
-  } catch (const PreflightSuperseded&) {
-    superseded = true;
+  } catch (...) {
+    error = std::current_exception();
+  }
+  if (error) {
+    if (stopping_) throw StopRequested{};  // whichever branch noticed it, and however the other ended
+    // The branch cancelled by the other's exception throws too, and `&&` then throws the first
+    // operand's: the pre-flight's verdict.
+    try {
+      std::rethrow_exception(error);
+    } catch (const asio::multiple_exceptions& e) {
+      error = e.first_exception();
+    } catch (...) {
+    }
+    try {
+      std::rethrow_exception(error);
+    } catch (PreflightFailed& e) {
+      failed = std::move(e.result);
+    } catch (const PreflightSuperseded&) {
+      superseded = true;
+    }
   }
   if (failed) {
     co_await reject_after_preflight(deploy, *failed);

@@ -36,12 +36,36 @@ namespace {
 
 constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
 
-/// Removes {data} with everything in it when the pre-flight ends, however it ends.
+/// Sends SIGKILL to every bwrap process whose command line contains `needle` (a {data} path,
+/// or the prefix of them all). Killed, bwrap's first child (PID 1 of the sandbox) takes the
+/// whole PID namespace with it. Needed because that child calls setsid() and so leaves the
+/// group run_command kills, and is left running if bwrap dies before it has set its death
+/// signal (seen when a pre-flight is cancelled within milliseconds of its start). Returns how
+/// many it killed.
+int kill_sandboxes_with(const std::string& needle) {
+  int killed = 0;
+  std::error_code ec;
+  for (fs::directory_iterator it("/proc", ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream in(it->path() / "cmdline", std::ios::binary);
+    const std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string program = cmdline.substr(0, cmdline.find('\0'));
+    if (fs::path(program).filename() != "bwrap" || cmdline.find(needle) == std::string::npos) continue;
+    if (::kill(static_cast<pid_t>(std::stol(name)), SIGKILL) == 0) ++killed;
+  }
+  return killed;
+}
+
+/// Removes {data} with everything in it when the pre-flight ends, however it ends, after making
+/// sure no sandbox using it is left.
 struct DataDir {
   fs::path path;
   ~DataDir() {
+    if (path.empty()) return;
+    kill_sandboxes_with(path.string() + '\0');
     std::error_code ignored;
-    if (!path.empty()) fs::remove_all(path, ignored);
+    fs::remove_all(path, ignored);
   }
 };
 
@@ -153,6 +177,11 @@ int clean_up_preflights(const fs::path& state_dir, const std::string& target, pi
     spdlog::warn("{}: killing the pre-flight shadow (pid {}) that the last run left behind", target, pid);
     ::kill(-pid, SIGKILL);  // bwrap leads its group; its PID namespace goes with it
     ::kill(pid, SIGKILL);
+  }
+  // Also a sandbox whose bwrap died before its child was set to die with it.
+  if (const int killed = kill_sandboxes_with((preflight_dir(state_dir) / (target + "-")).string()); killed > 0) {
+    spdlog::warn("{}: killed {} pre-flight sandbox{} that the last run left behind", target, killed,
+                 killed == 1 ? "" : "es");
   }
   int removed = 0;
   std::error_code ec;

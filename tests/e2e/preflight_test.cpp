@@ -227,3 +227,102 @@ TEST_CASE("a daemon killed with SIGKILL during a pre-flight leaves no shadow and
   CHECK(fs::is_empty(prod.state / "preflight"));
   CHECK(prod.restarts().size() == 2);
 }
+
+TEST_CASE("a failed pre-flight while the agent is busy rejects the commit without waiting for the agent") {
+  Production::Options options;
+  options.with_idle = true;
+  options.extra = preflight_section("");
+  Production prod(options);
+  write_file(prod.tmp / "busy", "");
+  auto& daemon = prod.start_watching();
+  const std::string bad = prod.commit("broken");
+  prod.stage_by_rename();
+  const int rejected = daemon.wait_for_line("rejected " + short_sha(bad) + " after its pre-flight", 20s);
+  if (rejected < 0) for (const auto& l : daemon.lines()) if (l.find("idle-check") == std::string::npos) MESSAGE(l);
+  REQUIRE(rejected >= 0);
+  CHECK(fs::exists(prod.tmp / "busy"));
+  CHECK(prod.restarts().size() == 1);
+  CHECK(!prod.has(".deploy-in-progress"));
+  // The idle wait was cancelled with it: no more idle checks for a deploy that is over.
+  const int checks = daemon.count_lines("idle-check");
+  CHECK(daemon.wait_for_line("restarting production", 500ms) < 0);
+  CHECK(daemon.count_lines("idle-check") == checks);
+}
+
+TEST_CASE("a newer marker staged during a pre-flight cancels it and the new commit gets its own pre-flight") {
+  Production::Options options;
+  // The first commit's shadow waits 60 s before it listens; the second one listens at once.
+  options.extra = preflight_section("", "$(cat service-mode)", "30s");
+  Production prod(options);
+  auto& daemon = prod.start_watching();
+  const std::string first = prod.commit("slow:60000");
+  prod.stage_by_rename();
+  REQUIRE(daemon.wait_for_line("pre-flight of the checkout on port", 20s) >= 0);
+  REQUIRE(eventually([] { return !processes_with("slow:60000").empty(); }));
+  const std::string second = prod.commit("healthy");
+  prod.stage_by_rename();
+  REQUIRE(daemon.wait_for_line("deployed " + short_sha(second), 20s) >= 0);
+  CHECK(daemon.count_lines("the deploy of " + short_sha(first) + " was replaced by a newer staged marker") == 1);
+  CHECK(daemon.count_lines("pre-flight of " + short_sha(second) + " healthy after") == 1);
+  CHECK(processes_with("slow:60000").empty());
+  CHECK(prod.restarts().size() == 2);
+}
+
+TEST_CASE("a target with an isolated pre-flight is refused at start-up when namespaces cannot be created") {
+  Production::Options options;
+  options.extra = preflight_section("");
+  Production prod(options);
+  // A bwrap that fails as it does without the privilege to create namespaces, first in PATH.
+  fs::create_directories(prod.tmp / "bin");
+  write_file(prod.tmp / "bin" / "bwrap", "#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n");
+  fs::permissions(prod.tmp / "bin" / "bwrap", fs::perms::owner_all);
+  prod.daemon_env.push_back("PATH=" + (prod.tmp / "bin").string() + ":/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin");
+  auto& daemon = prod.start_daemon();
+  REQUIRE(daemon.wait_for_line("prod: refused: [target.preflight] needs namespaces", 10s) >= 0);
+  CHECK(daemon.count_lines("No permissions to create new namespace") >= 1);
+  const std::string sha = prod.commit("healthy");
+  prod.stage_by_rename();
+  CHECK(daemon.wait_for_line("restarting production", 1s) < 0);
+  CHECK(daemon.count_lines("pre-flight of") == 0);
+  CHECK(prod.restarts().size() == 1);
+  auto status = json::parse(prod.cli({"status", "--json"}).out).as_object();
+  CHECK(status["targets"].as_array().at(0).as_object()["phase"].as_string() == "quarantined");
+}
+
+namespace {
+
+/// Stops the daemon with SIGTERM while a pre-flight that never comes up runs, and checks that it
+/// went cleanly.
+void stop_during_preflight(bool with_idle) {
+  Production::Options options;
+  options.with_idle = with_idle;
+  options.extra = preflight_section("", "slow:60000", "30s");
+  Production prod(options);
+  write_file(prod.tmp / "busy", "");
+  auto& daemon = prod.start_watching();
+  prod.commit("healthy");
+  prod.stage_by_rename();
+  REQUIRE(daemon.wait_for_line("pre-flight of the checkout on port", 20s) >= 0);
+  REQUIRE(eventually([] { return !processes_with("slow:60000").empty(); }));
+  const auto asked = std::chrono::steady_clock::now();
+  CHECK(daemon.stop() == 0);
+  CHECK(std::chrono::steady_clock::now() - asked < 5s);  // not after the 30 s deadline
+  CHECK(daemon.count_lines("internal error") == 0);
+  CHECK(daemon.count_lines("the deploy in progress stays recorded") == 1);
+  const bool gone = eventually([] { return processes_with("slow:60000").empty(); });
+  if (!gone) for (const auto& l : daemon.lines()) if (l.find("idle-check") == std::string::npos) MESSAGE(l);
+  CHECK(gone);
+  CHECK(fs::is_empty(prod.state / "preflight"));
+  CHECK(prod.has(".deploy-in-progress"));
+  CHECK(prod.restarts().size() == 1);
+}
+
+}  // namespace
+
+TEST_CASE("SIGTERM during a pre-flight beside the idle wait stops the shadow at once, exits 0 and keeps the deploy for the next start") {
+  stop_during_preflight(true);
+}
+
+TEST_CASE("SIGTERM during a pre-flight without an idle wait stops the shadow at once, exits 0 and keeps the deploy for the next start") {
+  stop_during_preflight(false);
+}
