@@ -165,10 +165,41 @@ asio::awaitable<std::string> isolation_problem() {
   spec.tail_lines = 3;
   spec.env = command_environment({});
   RunResult r = co_await run_command(std::move(spec));
-  if (r.ok()) co_return std::string();
-  std::string why = "bwrap " + r.describe();
-  if (!r.tail.empty()) why += ": " + r.tail.back();
-  co_return why;
+  if (!r.ok()) {
+    std::string why = "bwrap " + r.describe();
+    if (!r.tail.empty()) why += ": " + r.tail.back();
+    co_return why;
+  }
+  // The probe enters the sandbox's network namespace, which takes CAP_SYS_ADMIN (root): without
+  // it every pre-flight would fail at its deadline, and every commit would be rejected.
+  RunSpec sandbox;
+  sandbox.argv = {"bwrap", "--die-with-parent", "--unshare-net", "--unshare-pid", "--ro-bind", "/", "/", "sleep", "10"};
+  sandbox.timeout = Duration(10'000);
+  sandbox.kill_grace = Duration(100);
+  sandbox.env = command_environment({});
+  pid_t pid = 0;
+  sandbox.on_pid = [&](pid_t p) { pid = p; };
+  int entered = -ETIMEDOUT;
+  auto enter = [&]() -> asio::awaitable<void> {
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    for (int tries = 0; tries < 400; ++tries) {  // 2 s
+      const pid_t inside = pid > 0 ? first_child(pid) : 0;
+      if (inside > 0) {
+        entered = socket_in_netns_of(inside);
+        if (entered >= 0) ::close(entered);
+        co_return;
+      }
+      timer.expires_after(std::chrono::milliseconds(5));
+      co_await timer.async_wait(kNoThrow);
+    }
+  };
+  auto running = run_command(std::move(sandbox));
+  auto entering = enter();
+  co_await (std::move(running) || std::move(entering));
+  if (entered >= 0) co_return std::string();
+  co_return "the sentinel cannot enter a sandbox's network namespace to probe it (" +
+            std::string(entered == -ETIMEDOUT ? "its sandbox did not start within 2 s" : std::strerror(-entered)) +
+            "; setns needs CAP_SYS_ADMIN, so run the sentinel as root)";
 }
 
 int clean_up_preflights(const fs::path& state_dir, const std::string& target, pid_t pid,

@@ -45,8 +45,10 @@ struct PreflightResult {
 /// returns, also when the awaiting coroutine is cancelled. Never throws for the shadow's failures.
 boost::asio::awaitable<PreflightResult> run_preflight(PreflightRun run);
 
-/// Why namespaces cannot be created here (bwrap missing, no privilege), or "" when they can:
-/// runs `bwrap --unshare-net --unshare-pid --ro-bind / / true` once.
+/// Why an isolated pre-flight cannot work here, or "" when it can: runs `bwrap --unshare-net
+/// --unshare-pid --ro-bind / / true` once (bwrap missing, namespaces forbidden), then enters a
+/// sandbox's network namespace as the probe would (setns needs CAP_SYS_ADMIN: an unprivileged
+/// sentinel can start bwrap through a user namespace but never probe it).
 boost::asio::awaitable<std::string> isolation_problem();
 
 /// `text` with {port} and {data} replaced.
