@@ -326,3 +326,22 @@ TEST_CASE("SIGTERM during a pre-flight beside the idle wait stops the shadow at 
 TEST_CASE("SIGTERM during a pre-flight without an idle wait stops the shadow at once, exits 0 and keeps the deploy for the next start") {
   stop_during_preflight(false);
 }
+
+TEST_CASE("an agent idle before the pre-flight's verdict is checked again after it, and the deploy goes on") {
+  Production::Options options;
+  options.with_idle = true;
+  options.quiet = "100ms";
+  options.extra = preflight_section("", "slow:1500");  // listens 1.5 s after its start
+  Production prod(options);
+  auto& daemon = prod.start_watching();
+  const std::string sha = prod.commit("healthy");
+  prod.stage_by_rename();
+  const int healthy = daemon.wait_for_line("pre-flight of " + short_sha(sha) + " healthy after", 20s);
+  REQUIRE(healthy >= 0);
+  // Idle came first (100 ms of quiet against 1.5 s of start-up): the lease permit was let go.
+  CHECK(daemon.wait_for_line("agent idle for 100ms", 0ms) >= 0);
+  CHECK(daemon.wait_for_line("agent idle for 100ms", 0ms) < healthy);
+  REQUIRE(daemon.wait_for_line("waiting for idle once more", 5s, healthy) >= 0);
+  REQUIRE(daemon.wait_for_line("deployed " + short_sha(sha), 10s, healthy) >= 0);
+  CHECK(prod.restarts().size() == 2);
+}
