@@ -121,9 +121,11 @@ int socket_in_netns_of(pid_t pid) {
 std::vector<std::string> sandboxed(const std::vector<std::string>& argv, const std::string& data,
                                    const fs::path& checkout) {
   // The private /tmp hides the host's; the checkout and {data} are mounted again on top, in case
-  // they live under /tmp.
+  // they live under /tmp. Without --cap-drop ALL a shadow of a root sentinel keeps CAP_SYS_ADMIN
+  // and can simply remount / read-write (seen: it then wrote into the host's files).
   std::vector<std::string> out{"bwrap",       "--die-with-parent", "--unshare-net", "--unshare-pid",
-                               "--unshare-ipc", "--unshare-uts",   "--new-session", "--ro-bind",
+                               "--unshare-ipc", "--unshare-uts",   "--new-session", "--cap-drop",
+                               "ALL",         "--ro-bind",
                                "/",           "/",                 "--dev",         "/dev",
                                "--proc",      "/proc",             "--tmpfs",       "/tmp",
                                "--ro-bind",   checkout.string(),   checkout.string(), "--bind",

@@ -199,6 +199,8 @@ std::string probe_sandbox(bool isolate) {
   rig.config.env.emplace_back("DATA", "{data}");
   const std::string script =
       "(echo hi > /dev/tcp/127.0.0.1/" + std::to_string(host.port) + ") 2>/dev/null && echo HOST-REACHED || echo HOST-UNREACHABLE\n"
+      // Only inside the sandbox: on the host this would really remount /.
+      + std::string(isolate ? "mount -o remount,rw,bind / 2>/dev/null && echo REMOUNTED\n" : "") +
       "touch " + rig.checkout.string() + "/written 2>&1 | grep -q 'Read-only file system' && echo CHECKOUT-EROFS\n"
       "(echo changed >> " + (production / "app.db").string() + ") 2>&1 | grep -q 'Read-only file system' && echo PRODUCTION-EROFS\n"
       "grep -q 'production rows' \"$DATA/" + production.filename().string() + "/app.db\" && echo COPY-PRESENT\n"
@@ -214,9 +216,11 @@ std::string probe_sandbox(bool isolate) {
   return joined(result.output);
 }
 
-TEST_CASE("an isolated shadow cannot reach the host's loopback nor write to the checkout or production's data") {
+TEST_CASE("an isolated shadow cannot reach the host's loopback nor write to the checkout or production's data, "
+          "even by remounting as root") {
   const std::string found = probe_sandbox(true);
   CHECK(found.find("HOST-UNREACHABLE") != std::string::npos);
+  CHECK(found.find("REMOUNTED") == std::string::npos);  // no capability left to undo the read-only mount
   CHECK(found.find("CHECKOUT-EROFS") != std::string::npos);
   CHECK(found.find("PRODUCTION-EROFS") != std::string::npos);
   CHECK(found.find("COPY-PRESENT") != std::string::npos);

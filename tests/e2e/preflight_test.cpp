@@ -144,6 +144,7 @@ TEST_CASE("an isolated shadow cannot reach production on the host's 127.0.0.1 no
   isolated.extra = preflight_section(
       "(echo hi > /dev/tcp/127.0.0.1/" + std::to_string(prod.port) +
       ") 2>/dev/null \\u0026\\u0026 echo HOST-REACHED || echo HOST-UNREACHABLE; "
+      "mount -o remount,rw,bind / 2>/dev/null \\u0026\\u0026 echo REMOUNTED; "
       "touch written 2>\\u00261 | grep -q Read-only \\u0026\\u0026 echo CHECKOUT-EROFS; "
       "(echo changed >> " + (data / "app.db").string() +
       ") 2>\\u00261 | grep -q Read-only \\u0026\\u0026 echo PRODUCTION-EROFS; "
@@ -159,6 +160,7 @@ TEST_CASE("an isolated shadow cannot reach production on the host's 127.0.0.1 no
   REQUIRE(daemon.wait_for_line("deployed " + short_sha(sha), 20s) >= 0);
   CHECK(daemon.count_lines("[prod preflight] HOST-UNREACHABLE") == 1);
   CHECK(daemon.count_lines("[prod preflight] HOST-REACHED") == 0);
+  CHECK(daemon.count_lines("[prod preflight] REMOUNTED") == 0);
   CHECK(daemon.count_lines("[prod preflight] CHECKOUT-EROFS") == 1);
   CHECK(daemon.count_lines("[prod preflight] PRODUCTION-EROFS") == 1);
   CHECK(daemon.count_lines("[prod preflight] COPY-PRESENT") == 1);
