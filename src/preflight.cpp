@@ -122,12 +122,15 @@ std::vector<std::string> sandboxed(const std::vector<std::string>& argv, const s
                                    const fs::path& checkout) {
   // The private /tmp hides the host's; the checkout and {data} are mounted again on top, in case
   // they live under /tmp. Without --cap-drop ALL a shadow of a root sentinel keeps CAP_SYS_ADMIN
-  // and can simply remount / read-write (seen: it then wrote into the host's files).
+  // and can simply remount / read-write (seen: it then wrote into the host's files). An empty
+  // /run hides the host's Unix sockets (systemd, D-Bus, Docker), which a read-only mount does not
+  // stop a root shadow from connecting to.
   std::vector<std::string> out{"bwrap",       "--die-with-parent", "--unshare-net", "--unshare-pid",
                                "--unshare-ipc", "--unshare-uts",   "--new-session", "--cap-drop",
                                "ALL",         "--ro-bind",
                                "/",           "/",                 "--dev",         "/dev",
                                "--proc",      "/proc",             "--tmpfs",       "/tmp",
+                               "--tmpfs",     "/run",
                                "--ro-bind",   checkout.string(),   checkout.string(), "--bind",
                                data,          data,                "--chdir",       checkout.string(),
                                "--"};

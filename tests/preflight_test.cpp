@@ -196,11 +196,15 @@ std::string probe_sandbox(bool isolate) {
   test::write_file(production / "app.db", "production rows\n");
   rig.config.isolate = isolate;
   rig.config.snapshot = {production};
+  // Stands for the host's sockets in /run (systemd, D-Bus): a root shadow could connect to them.
+  const fs::path run_file = "/run/preflight-test-" + std::to_string(::getpid());
+  test::write_file(run_file, "");
   rig.config.env.emplace_back("DATA", "{data}");
   const std::string script =
       "(echo hi > /dev/tcp/127.0.0.1/" + std::to_string(host.port) + ") 2>/dev/null && echo HOST-REACHED || echo HOST-UNREACHABLE\n"
       // Only inside the sandbox: on the host this would really remount /.
       + std::string(isolate ? "mount -o remount,rw,bind / 2>/dev/null && echo REMOUNTED\n" : "") +
+      "test -e " + run_file.string() + " && echo RUN-VISIBLE\n" +
       "touch " + rig.checkout.string() + "/written 2>&1 | grep -q 'Read-only file system' && echo CHECKOUT-EROFS\n"
       "(echo changed >> " + (production / "app.db").string() + ") 2>&1 | grep -q 'Read-only file system' && echo PRODUCTION-EROFS\n"
       "grep -q 'production rows' \"$DATA/" + production.filename().string() + "/app.db\" && echo COPY-PRESENT\n"
@@ -212,6 +216,7 @@ std::string probe_sandbox(bool isolate) {
   std::error_code ignored;
   fs::remove_all(production, ignored);
   fs::remove(rig.checkout / "written", ignored);
+  fs::remove(run_file, ignored);
   CHECK(after == (isolate ? "production rows\n" : after));
   return joined(result.output);
 }
@@ -221,6 +226,7 @@ TEST_CASE("an isolated shadow cannot reach the host's loopback nor write to the 
   const std::string found = probe_sandbox(true);
   CHECK(found.find("HOST-UNREACHABLE") != std::string::npos);
   CHECK(found.find("REMOUNTED") == std::string::npos);  // no capability left to undo the read-only mount
+  CHECK(found.find("RUN-VISIBLE") == std::string::npos);  // the host's /run (its sockets) is hidden
   CHECK(found.find("CHECKOUT-EROFS") != std::string::npos);
   CHECK(found.find("PRODUCTION-EROFS") != std::string::npos);
   CHECK(found.find("COPY-PRESENT") != std::string::npos);
@@ -230,6 +236,7 @@ TEST_CASE("an isolated shadow cannot reach the host's loopback nor write to the 
 TEST_CASE("without isolation the same shadow reaches the host, so the isolated test can tell the difference") {
   const std::string found = probe_sandbox(false);
   CHECK(found.find("HOST-REACHED") != std::string::npos);
+  CHECK(found.find("RUN-VISIBLE") != std::string::npos);
   CHECK(found.find("CHECKOUT-EROFS") == std::string::npos);
 }
 
