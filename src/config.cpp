@@ -48,7 +48,7 @@ constexpr std::array kTopLevelKeys{"sentinel"sv, "target"sv};
 constexpr std::array kSentinelKeys{"state_dir"sv, "log_level"sv};
 constexpr std::array kTargetKeys{"name"sv,   "marker_dir"sv, "checkout"sv, "restart"sv, "build"sv,
                                  "health"sv, "idle"sv,       "cycle"sv,    "monitor"sv, "env"sv, "allowed_owners"sv,
-                                 "window"sv, "min_interval"sv};
+                                 "window"sv, "min_interval"sv, "preflight"sv};
 constexpr std::array kCommandSpecKeys{"command"sv, "timeout"sv, "kill_grace"sv};
 constexpr std::array kConfirmKeys{"pointer"sv, "equals"sv};
 constexpr std::array kHealthKeys{"confirm"sv,  "url"sv,      "command"sv,   "timeout"sv, "grace"sv,
@@ -60,6 +60,9 @@ constexpr std::array kWindowKeys{"days"sv, "start"sv, "end"sv, "time_zone"sv};
 constexpr std::array kMatchKeys{"field"sv, "equals"sv};
 constexpr std::array kCycleKeys{"command"sv, "every"sv, "jitter"sv, "after_recovery"sv, "timeout"sv, "kill_grace"sv};
 constexpr std::array kMonitorKeys{"interval"sv, "failures"sv, "max_recoveries"sv, "window"sv};
+constexpr std::array kPreflightKeys{"command"sv, "env"sv,      "snapshot"sv,  "snapshot_command"sv, "health"sv,
+                                    "timeout"sv, "grace"sv,    "interval"sv,  "successes"sv,        "deadline"sv,
+                                    "isolate"sv};
 constexpr Duration kDefaultCycleTimeout = 60s;
 // The longest duration a key may have. Deadlines are computed as a clock's now() plus the duration
 // in 64-bit nanoseconds, which overflow (undefined behaviour) a few hundred years out.
@@ -326,6 +329,11 @@ class TableReader {
   [[noreturn]] void fail_missing(std::string_view key,
                                  std::string_view message = "required key missing") const {
     errors_.fail(table_.source(), key_path(key), message);
+  }
+
+  /// Throws ConfigError about `subject` at `where` (an element inside one of this table's values).
+  [[noreturn]] void fail_at(const toml::source_region& where, std::string_view subject, std::string_view message) const {
+    errors_.fail(where, subject, message);
   }
 
   /// Throws ConfigError about this table as a whole.
@@ -725,6 +733,79 @@ MonitorConfig read_monitor(const TableReader& table) {
   return monitor;
 }
 
+/// What is wrong with the placeholders in `text` (only {port} and {data} exist), or nullopt.
+std::optional<std::string> placeholder_problem(std::string_view text) {
+  for (std::size_t open = text.find('{'); open != std::string_view::npos; open = text.find('{', open + 1)) {
+    const std::size_t close = text.find('}', open);
+    const std::string_view name = close == std::string_view::npos ? text.substr(open) : text.substr(open, close - open + 1);
+    if (name != "{port}" && name != "{data}") {
+      return "unknown placeholder " + in_quotes(name) + "; the placeholders are {port} and {data}";
+    }
+  }
+  return std::nullopt;
+}
+
+/// Checks the placeholders of each string in the array or table at `key`, pointing at the string.
+void check_placeholders(const TableReader& table, std::string_view key) {
+  const toml::node* node = table.find(key);
+  if (node == nullptr) return;
+  auto check = [&](const toml::node& value, const std::string& where) {
+    if (!value.is_string()) return;
+    if (auto problem = placeholder_problem(value.as_string()->get())) {
+      table.fail_at(value.source(), where, *problem);
+    }
+  };
+  if (const toml::array* array = node->as_array()) {
+    for (std::size_t i = 0; i < array->size(); ++i) check((*array)[i], table.key_path(key) + "[" + std::to_string(i + 1) + "]");
+  } else if (const toml::table* entries = node->as_table()) {
+    for (const auto& [name, value] : *entries) check(value, table.key_path(key) + "." + display_key(name.str()));
+  }
+}
+
+PreflightConfig read_preflight(const TableReader& table, const fs::path& base_dir) {
+  PreflightConfig preflight;
+  preflight.command = table.required_command("command");
+  preflight.env = table.string_table("env");
+  for (const auto& [name, value] : preflight.env) {
+    if (name.empty() || name.find('=') != std::string::npos) {
+      table.fail("env", in_quotes(name) + " cannot be the name of an environment variable");
+    }
+  }
+  check_placeholders(table, "env");
+  if (table.has("snapshot") && table.has("snapshot_command")) {
+    table.fail("snapshot_command", "give either snapshot or snapshot_command, not both");
+  }
+  if (const toml::node* node = table.find("snapshot")) {
+    const toml::array* array = node->as_array();
+    if (array == nullptr) table.fail("snapshot", R"(expected an array of paths, like ["/srv/app/data"])");
+    for (std::size_t i = 0; i < array->size(); ++i) {
+      const toml::node& element = (*array)[i];
+      const bool usable = element.is_string() && !element.as_string()->get().empty() &&
+                          !element.as_string()->get().starts_with('~');
+      if (!usable) {
+        table.fail_at(element.source(), table.key_path("snapshot") + "[" + std::to_string(i + 1) + "]",
+                      R"(expected a path, like "/srv/app/data")");
+      }
+      preflight.snapshot.push_back(resolve_path(base_dir, element.as_string()->get()));
+    }
+  }
+  preflight.snapshot_command = table.command("snapshot_command").value_or(std::vector<std::string>{});
+  check_placeholders(table, "snapshot_command");
+  preflight.health = table.required_string("health");
+  if (auto problem = placeholder_problem(preflight.health)) table.fail("health", *problem);
+  std::string example = preflight.health;
+  for (std::size_t at; (at = example.find("{port}")) != std::string::npos;) example.replace(at, 6, "1");
+  for (std::size_t at; (at = example.find("{data}")) != std::string::npos;) example.replace(at, 6, "data");
+  if (auto problem = http_url_problem(example)) table.fail("health", *problem);
+  preflight.timeout = table.duration("timeout", ZeroDuration::rejected).value_or(preflight.timeout);
+  preflight.grace = table.duration("grace", ZeroDuration::allowed).value_or(preflight.grace);
+  preflight.interval = table.duration("interval", ZeroDuration::rejected).value_or(preflight.interval);
+  preflight.successes = table.count("successes").value_or(preflight.successes);
+  preflight.deadline = table.duration("deadline", ZeroDuration::rejected).value_or(preflight.deadline);
+  preflight.isolate = table.boolean("isolate").value_or(preflight.isolate);
+  return preflight;
+}
+
 void check_target_name(const TableReader& table, std::string_view name) {
   const bool allowed_chars = !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
     return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
@@ -761,6 +842,9 @@ TargetConfig read_target(const TableReader& table, const fs::path& base_dir) {
   if (const std::optional<TableReader> cycle = table.table("cycle", kCycleKeys)) target.cycle = read_cycle(*cycle);
   if (const std::optional<TableReader> monitor = table.table("monitor", kMonitorKeys)) {
     target.monitor = read_monitor(*monitor);
+  }
+  if (const std::optional<TableReader> preflight = table.table("preflight", kPreflightKeys)) {
+    target.preflight = read_preflight(*preflight, base_dir);
   }
   target.env = table.string_table("env");
   for (const auto& [name, value] : target.env) {

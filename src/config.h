@@ -127,6 +127,23 @@ struct WindowConfig {
   std::string time_zone;             // IANA name; "" = the system's local zone
 };
 
+/// `[target.preflight]`: boot the staged commit once, sandboxed, on a copy of production's data,
+/// before production is restarted onto it. `{port}` and `{data}` in `env` values, `health` and
+/// `snapshot_command` stand for the shadow's port and its private data directory.
+struct PreflightConfig {
+  std::vector<std::string> command;                         // the service in the foreground, cwd = checkout
+  std::vector<std::pair<std::string, std::string>> env;     // added to the target's env; placeholders allowed
+  std::vector<std::filesystem::path> snapshot;              // copied whole into {data}
+  std::vector<std::string> snapshot_command;                // or this, run before the start
+  std::string health;                                       // http:// URL with {port}
+  Duration timeout = 2s;                                    // one probe
+  Duration grace = 1s;     // before the first probe, and between SIGTERM and SIGKILL when stopping it
+  Duration interval = 500ms;
+  int successes = 2;
+  Duration deadline = 60s;  // from the shadow's start
+  bool isolate = true;      // own network, PID and mount namespaces (bubblewrap)
+};
+
 /// One `[[target]]`: a production service with its marker directory and checkout.
 struct TargetConfig {
   std::string name;
@@ -138,6 +155,7 @@ struct TargetConfig {
   std::optional<IdleConfig> idle;    // none = always idle
   std::optional<CycleConfig> cycle;  // none = the sentinel starts no cycles
   std::optional<MonitorConfig> monitor;  // none = health is checked only around deploys
+  std::optional<PreflightConfig> preflight;  // none = production is restarted without a pre-flight
   /// `env`: added to (or replacing) the minimal environment every command of the target gets:
   /// PATH, HOME and LANG from the sentinel's own environment.
   std::vector<std::pair<std::string, std::string>> env;

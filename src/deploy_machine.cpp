@@ -6,6 +6,9 @@
 #include "systemd.h"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/multiple_exceptions.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -30,6 +33,7 @@ namespace json = boost::json;
 using Clock = std::chrono::steady_clock;
 using Phase = DeployMachine::Phase;
 using Next = DeployMachine::Next;
+using namespace asio::experimental::awaitable_operators;
 
 namespace {
 
@@ -136,6 +140,7 @@ std::string_view to_string(Phase phase) {
     case Phase::reverting: return "reverting";
     case Phase::rebuilding: return "rebuilding";
     case Phase::quarantined: return "quarantined";
+    case Phase::preflight: return "preflight";
   }
   return "unknown";
 }
@@ -337,6 +342,10 @@ struct DeployMachine::Deploy {
   std::string claim_note;  // the "claimed deploy" log line, until it is logged (after the spawn, when no wait comes first)
   bool recovery = false;  // a revert of a down production, not of a deploy
   unsigned long long restart_began = 0;  // clock ticks since boot when the last restart began; 0 = unknown
+  pid_t preflight_pid = 0;                  // the pre-flight's shadow while it runs, for the next start's clean-up
+  unsigned long long preflight_start = 0;   // its start time (clock ticks since boot)
+  std::string preflight_data;               // its {data}
+  bool preflight_passed = false;            // the pre-flight vouched for `commit`
 
   /// "deploy of 3f2c1a9e0b4d" or "recovery of production on 3f2c1a9e0b4d", for messages.
   std::string subject() const {
@@ -408,6 +417,11 @@ boost::system::error_code DeployMachine::write_record(const Deploy& deploy, bool
                    {"message", deploy.marker.message},
                    {"recovery", deploy.recovery},
                    {"restart_began_ticks", deploy.restart_began}};
+  if (deploy.preflight_pid > 0) {
+    doc["preflight_pid"] = deploy.preflight_pid;
+    doc["preflight_pid_start"] = deploy.preflight_start;
+    doc["preflight_data"] = deploy.preflight_data;
+  }
   const fs::path file = target_.marker_dir / marker_file::in_progress;
   const std::string text = json::serialize(doc) + "\n";
   auto ec = old_left_at ? swap_file_in(file, text, *old_left_at) : write_file_atomic(file, text, durable);
@@ -473,6 +487,21 @@ asio::awaitable<void> DeployMachine::wait_for_poke(Clock::time_point until) {
 
 asio::awaitable<void> DeployMachine::start_up() {
   enter(Phase::starting, "", "");
+  clean_up_after_preflight();
+  if (target_.preflight && !target_.preflight->isolate) {
+    spdlog::warn("{}: [target.preflight] isolate = false: pre-flights run WITHOUT a sandbox, with this host's "
+                 "network and file system; a staged commit can reach whatever production can", target_.name);
+  } else if (target_.preflight) {
+    std::string problem = co_await isolation_problem();
+    if (!problem.empty()) {
+      const std::string why = "[target.preflight] needs namespaces (isolate = true), but " + problem +
+                              "; install bubblewrap and run the sentinel with the privilege to create namespaces, "
+                              "or set isolate = false";
+      spdlog::error("{}: refused: {}", target_.name, why);
+      enter(Phase::quarantined, "", why);
+      for (;;) co_await wait_for_poke();  // never deploys unisolated; ends with request_stop()
+    }
+  }
   std::error_code link_error;
   marker_dir_was_link_ = fs::is_symlink(target_.marker_dir, link_error);
   KnownGood known_good = store_.read_known_good(target_.name);
@@ -493,6 +522,28 @@ asio::awaitable<void> DeployMachine::start_up() {
   }
   spdlog::info("{}: watching {}; last known-good commit: {}", target_.name, target_.marker_dir.string(),
                status_.last_known_good.empty() ? "none yet" : short_sha(status_.last_known_good));
+}
+
+void DeployMachine::clean_up_after_preflight() {
+  // A run that was killed during a pre-flight names its shadow in the record.
+  pid_t pid = 0;
+  unsigned long long start = 0;
+  boost::system::error_code ec;
+  json::value doc = json::parse(read_small_file(target_.marker_dir / marker_file::in_progress, ec), ec);
+  if (!ec && doc.is_object()) {
+    const auto& obj = doc.as_object();
+    if (auto it = obj.find("preflight_pid"); it != obj.end() && it->value().is_int64()) {
+      pid = static_cast<pid_t>(it->value().as_int64());
+    }
+    if (auto it = obj.find("preflight_pid_start"); it != obj.end()) {
+      if (auto ticks = it->value().if_uint64()) start = *ticks;
+      if (auto ticks = it->value().if_int64(); ticks && *ticks > 0) start = static_cast<unsigned long long>(*ticks);
+    }
+  }
+  if (const int removed = clean_up_preflights(store_.dir(), target_.name, pid, start); removed > 0) {
+    spdlog::warn("{}: removed {} pre-flight data director{} a previous run left behind", target_.name, removed,
+                 removed == 1 ? "y" : "ies");
+  }
 }
 
 asio::awaitable<void> DeployMachine::adopt_running_commit() {
@@ -1349,8 +1400,9 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
           deploy.permit = co_await permit_without_lease();
           break;
         }
-        if (target_.idle) {
-          const Gate idle = co_await wait_until_idle(deploy);
+        if (target_.idle || (target_.preflight && !deploy.preflight_passed)) {
+          const Gate idle = co_await preflight_and_idle(deploy);
+          if (idle == Gate::over) co_return;
           if (idle == Gate::held) continue;
           if (idle == Gate::outage) break;
         }
@@ -1362,9 +1414,10 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
       }
       // The agent may have committed while we waited (without a wait HEAD was read just now).
       HeadCommit head;
-      if (target_.idle || deploy.waited) head = co_await actions_.head();
+      if (target_.idle || target_.preflight || deploy.waited) head = co_await actions_.head();
       if (head.error.empty() && !head.commit.empty() && head.commit != deploy.commit) {
-        if (!deploy.marker.commit.empty()) {
+        // A pre-flight vouches for the commit it ran, not for the one HEAD moved to.
+        if (!deploy.marker.commit.empty() || target_.preflight) {
           deploy.permit = {};
           deploy.pause_lock.reset();
           reject(marker_file::in_progress,
@@ -1512,6 +1565,161 @@ void DeployMachine::finish_revert(const Deploy& deploy, const Verdict& failure, 
                format_duration(since(revert_started)), failure.reason);
   if (monitor_) monitor_->reset();
   // The agent should learn from .deploy-reverted: one cycle once production is healthy.
+  if (schedule_ && target_.cycle->after_recovery) schedule_->owe();
+}
+
+// ---- pre-flight -------------------------------------------------------------------------------
+
+/// Thrown out of a failed pre-flight, to cancel the wait for idle running beside it.
+struct PreflightFailed {
+  PreflightResult result;
+};
+
+/// Thrown when a newer marker is staged while a pre-flight runs: it cancels that pre-flight.
+struct PreflightSuperseded {};
+
+asio::awaitable<DeployMachine::Gate> DeployMachine::preflight_and_idle(Deploy& deploy) {
+  if (!target_.preflight || deploy.preflight_passed) {
+    if (!target_.idle) co_return Gate::go;
+    Gate idle = co_await wait_until_idle(deploy);
+    co_return idle;
+  }
+  const PreflightConfig& config = *target_.preflight;
+  log_claim(deploy);
+  enter(Phase::preflight, deploy.commit, "pre-flight of " + short_sha(deploy.commit));
+  spdlog::info("{}: pre-flight of {}{}", target_.name, short_sha(deploy.commit),
+               target_.idle ? ", while waiting for the agent to be idle" : "");
+  bool preflight_done = false;
+  bool idle_again = false;
+  auto newer_marker = [&]() -> asio::awaitable<void> {
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    for (;;) {
+      // Returning ends the pre-flight (`||` cancels it); an exception would wait for it instead.
+      if (stopping_ || exists(marker_file::ready)) co_return;
+      timer.expires_after(200ms);
+      co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+  };
+  auto preflight_branch = [&]() -> asio::awaitable<void> {
+    PreflightRun run;
+    run.config = &config;
+    run.commit = deploy.commit;
+    run.target = target_.name;
+    run.checkout = target_.checkout;
+    run.state_dir = store_.dir();
+    run.env = target_.env;
+    run.on_started = [&](pid_t pid, const fs::path& data) {
+      deploy.preflight_pid = pid;
+      deploy.preflight_start = process_start_time(pid).value_or(0);
+      deploy.preflight_data = data.string();
+      if (deploy.record_phase.empty()) deploy.record_phase = "preflight";
+      write_record(deploy, false);  // names the shadow and {data} for the next start's clean-up
+    };
+    auto preflight = actions_.preflight(std::move(run));
+    auto watch = newer_marker();
+    auto first = co_await (std::move(preflight) || std::move(watch));
+    preflight_done = true;
+    deploy.preflight_pid = 0;
+    deploy.preflight_start = 0;
+    deploy.preflight_data.clear();
+    if (stopping_) throw StopRequested{};
+    if (first.index() == 1) throw PreflightSuperseded{};
+    PreflightResult result = std::get<0>(std::move(first));
+    if (!result.healthy) throw PreflightFailed{std::move(result)};
+  };
+  Gate idle_gate = Gate::go;
+  auto idle_branch = [&]() -> asio::awaitable<void> {
+    if (!target_.idle) co_return;
+    idle_gate = co_await wait_until_idle(deploy);
+    if (idle_gate == Gate::go && !preflight_done) {
+      // Idle came first: the permit blocks `hold`, so it is not kept while the pre-flight runs.
+      deploy.permit = {};
+      idle_again = true;
+    }
+  };
+  std::optional<PreflightResult> failed;
+  bool superseded = false;
+  std::exception_ptr error;
+  try {
+    auto both = preflight_branch() && idle_branch();
+    co_await std::move(both);
+  } catch (...) {
+    error = std::current_exception();
+  }
+  if (error) {
+    if (stopping_) throw StopRequested{};  // whichever branch noticed it, and however the other ended
+    // The branch cancelled by the other's exception throws too, and `&&` then throws the first
+    // operand's: the pre-flight's verdict.
+    try {
+      std::rethrow_exception(error);
+    } catch (const asio::multiple_exceptions& e) {
+      error = e.first_exception();
+    } catch (...) {
+    }
+    try {
+      std::rethrow_exception(error);
+    } catch (PreflightFailed& e) {
+      failed = std::move(e.result);
+    } catch (const PreflightSuperseded&) {
+      superseded = true;
+    }
+  }
+  if (failed) {
+    co_await reject_after_preflight(deploy, *failed);
+    co_return Gate::over;
+  }
+  if (superseded) {
+    deploy.permit = {};
+    std::error_code ignored;
+    fs::remove(target_.marker_dir / marker_file::in_progress, ignored);
+    const std::string why = "replaced by a newer staged marker during its pre-flight";
+    spdlog::info("{}: the deploy of {} was {}; deploying the new marker instead", target_.name,
+                 short_sha(deploy.commit), why);
+    finish(Outcome{"rejected", deploy.commit, why, now_utc(), {}});
+    co_return Gate::over;
+  }
+  deploy.preflight_passed = true;  // a hold that sends the deploy back to waiting does not run it again
+  if (idle_again) {
+    spdlog::info("{}: pre-flight of {} passed; waiting for idle once more", target_.name, short_sha(deploy.commit));
+    idle_gate = co_await wait_until_idle(deploy);
+  }
+  co_return idle_gate;
+}
+
+asio::awaitable<void> DeployMachine::reject_after_preflight(Deploy& deploy, const PreflightResult& result) {
+  deploy.permit = {};
+  const std::string reason = "pre-flight of " + short_sha(deploy.commit) + " failed: " + result.reason;
+  spdlog::warn("{}: {}; production was not restarted", target_.name, reason);
+  enter(Phase::preflight, deploy.commit, reason);
+  // So that a crash or a restart of production boots known-good code, not the commit left on disk.
+  const std::string& good = deploy.previous_known_good;
+  if (good.empty()) {
+    spdlog::warn("{}: no known-good commit to put the checkout back on; it stays on {}", target_.name,
+                 short_sha(deploy.commit));
+  } else {
+    RunResult reset = co_await actions_.reset_to(good);
+    if (!reset.ok()) {
+      spdlog::error("{}: cannot put the checkout back on {}: git reset --hard {}; it stays on {}", target_.name,
+                    short_sha(good), reset.describe(), short_sha(deploy.commit));
+    } else if (target_.build) {
+      spdlog::info("{}: rebuilding {}", target_.name, short_sha(good));
+      RunResult build = co_await actions_.build();
+      if (!build.ok()) {
+        spdlog::error("{}: the build of {} {}; production still runs, but a restart would boot an unbuilt checkout",
+                      target_.name, short_sha(good), build.describe());
+      }
+    }
+  }
+  const RejectionDetail detail{deploy.commit, "preflight", result.output};
+  if (auto ec = reject_marker(target_.marker_dir, marker_file::in_progress, reason, deploy.marker.text, &detail)) {
+    spdlog::error("{}: while rejecting the deploy in {}: {}", target_.name, target_.marker_dir.string(), ec.message());
+  }
+  const Outcome outcome{"rejected", deploy.commit, reason, now_utc(), {}};
+  status_.last_outcome = outcome;  // unlike a refused marker, a refused commit is the last deploy's outcome
+  finish(outcome);
+  spdlog::warn("{}: rejected {} after its pre-flight; production still runs {}", target_.name, short_sha(deploy.commit),
+               good.empty() ? "what it ran" : short_sha(good));
+  // The agent should learn from .deploy-rejected: one cycle, as after a revert.
   if (schedule_ && target_.cycle->after_recovery) schedule_->owe();
 }
 

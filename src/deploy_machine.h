@@ -10,6 +10,7 @@
 #include "idle_gate.h"
 #include "listener.h"
 #include "marker.h"
+#include "preflight.h"
 #include "state_store.h"
 #include "subprocess.h"
 
@@ -55,6 +56,10 @@ class TargetActions {
   }
   virtual boost::asio::awaitable<HeadCommit> head() = 0;
   virtual boost::asio::awaitable<RunResult> reset_to(std::string commit) = 0;
+  /// Boots the staged commit in a sandbox and probes it (see run_preflight).
+  virtual boost::asio::awaitable<PreflightResult> preflight(PreflightRun run) {
+    co_return co_await run_preflight(std::move(run));
+  }
 };
 
 /// TargetActions for real: the configured commands as subprocesses, HTTP or command probes, git.
@@ -100,7 +105,7 @@ class DeployMachine {
   /// reverting and rebuilding too.
   /// `held`: a claimed deploy waits for the deploy window, min_interval or the end of a pause.
   enum class Phase { starting, watching, held, waiting_idle, restarting, verifying, reverting, rebuilding,
-                     quarantined };
+                     quarantined, preflight };
 
   DeployMachine(const TargetConfig& target, const StateStore& store, TargetActions& actions,
                 boost::asio::any_io_executor executor);
@@ -146,6 +151,8 @@ class DeployMachine {
   boost::asio::awaitable<void> serve();
   boost::asio::awaitable<void> start_up();
   boost::asio::awaitable<void> adopt_running_commit();
+  /// Kills a pre-flight shadow a killed run left behind and removes its {data} directories.
+  void clean_up_after_preflight();
   /// Waits until poke(), request_stop() or `until`.
   boost::asio::awaitable<void> wait_for_poke(Clock::time_point until = Clock::time_point::max());
   boost::asio::awaitable<void> sleep_for(Duration d);
@@ -166,7 +173,8 @@ class DeployMachine {
   boost::asio::awaitable<std::string> carry_out_unless_unwritable(Deploy& deploy);
   /// How a wait before the restart ended: the restart may go, production is down (go at once,
   /// whatever holds it), or a pause, the window or min_interval holds it again.
-  enum class Gate { go, outage, held };
+  /// `over`: the deploy ended while it waited (refused by its pre-flight, or replaced).
+  enum class Gate { go, outage, held, over };
   /// What holds a deploy restart now: the pause in force ("" when none), the window or min_interval
   /// ("" when neither), and when that may change by itself. Logs a pause starting and ending, once.
   struct Holds {
@@ -185,6 +193,10 @@ class DeployMachine {
   boost::asio::awaitable<Gate> wait_until_idle(Deploy& deploy);
   /// Logs the deploy's claim, once.
   void log_claim(Deploy& deploy);
+  /// The wait for idle, with the pre-flight (when configured and not yet passed) beside it.
+  boost::asio::awaitable<Gate> preflight_and_idle(Deploy& deploy);
+  /// A failed pre-flight: the checkout back on known-good and built, `.deploy-rejected`, a cycle owed.
+  boost::asio::awaitable<void> reject_after_preflight(Deploy& deploy, const PreflightResult& result);
   /// Restarts production on the deploy's commit, or on its previous known-good when `reverting`.
   boost::asio::awaitable<Verdict> restart_and_verify(Deploy& deploy, bool reverting);
   /// Probes until healthy `successes` times in a row or the deadline. With confirm, a healthy

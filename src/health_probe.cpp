@@ -24,6 +24,7 @@
 #include <memory>
 #include <string>
 #include <vector>
+#include <unistd.h>
 
 namespace sentinel {
 
@@ -144,7 +145,8 @@ std::optional<HttpUrl> parse_http_url(std::string_view url) {
   return result;
 }
 
-asio::awaitable<HttpAnswer> http_get(HttpUrl url, Duration timeout, std::size_t body_limit) {
+asio::awaitable<HttpAnswer> http_get(HttpUrl url, Duration timeout, std::size_t body_limit,
+                                     SocketSource open_socket) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   const HttpAnswer timed_out{false, 0, {}, "timed out after " + describe_timeout(timeout)};
   auto ex = co_await asio::this_coro::executor;
@@ -154,6 +156,8 @@ asio::awaitable<HttpAnswer> http_get(HttpUrl url, Duration timeout, std::size_t 
   auto address = asio::ip::make_address(url.host, numeric_ec);
   if (!numeric_ec) {
     endpoints.emplace_back(address, url.port);
+  } else if (open_socket) {
+    co_return HttpAnswer{false, 0, {}, "cannot resolve " + url.host + " here: an IP address is needed"};
   } else {
     auto lookup = std::make_shared<Lookup>(ex);
     lookup->done.expires_at(deadline);
@@ -179,9 +183,23 @@ asio::awaitable<HttpAnswer> http_get(HttpUrl url, Duration timeout, std::size_t 
 
   beast::tcp_stream stream(ex);
   stream.expires_at(deadline);
-  auto connect = stream.async_connect(endpoints, kNoThrow);
-  auto [connect_ec, endpoint] = co_await std::move(connect);
-  error_code ec = connect_ec;
+  error_code ec;
+  if (open_socket) {
+    const int fd = open_socket();
+    if (fd < 0) co_return HttpAnswer{false, 0, {}, "cannot open a socket: " + error_code(-fd, boost::system::system_category()).message()};
+    stream.socket().assign(endpoints.front().protocol(), fd, ec);
+    if (ec) {
+      ::close(fd);
+      co_return HttpAnswer{false, 0, {}, "cannot use the socket: " + ec.message()};
+    }
+    auto connect = stream.async_connect(endpoints.front(), kNoThrow);
+    auto [connect_ec] = co_await std::move(connect);
+    ec = connect_ec;
+  } else {
+    auto connect = stream.async_connect(endpoints, kNoThrow);
+    auto [connect_ec, endpoint] = co_await std::move(connect);
+    ec = connect_ec;
+  }
 
   http::response_parser<http::string_body> parser;
   if (!ec) {
@@ -213,8 +231,8 @@ asio::awaitable<HttpAnswer> http_get(HttpUrl url, Duration timeout, std::size_t 
   co_return HttpAnswer{true, status, parser.release().body(), "HTTP " + std::to_string(status)};
 }
 
-asio::awaitable<ProbeResult> probe_http(HttpUrl url, Duration timeout) {
-  auto get = http_get(std::move(url), timeout, kProbeBodyLimit);
+asio::awaitable<ProbeResult> probe_http(HttpUrl url, Duration timeout, SocketSource open_socket) {
+  auto get = http_get(std::move(url), timeout, kProbeBodyLimit, std::move(open_socket));
   HttpAnswer answer = co_await std::move(get);
   // An oversized body still carries a status worth reporting.
   if (answer.status == 0) co_return ProbeResult{false, std::move(answer.reason), {}};

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -33,12 +34,19 @@ struct HttpAnswer {
                         // "answer larger than 64 KiB", "cannot resolve host: ..."
 };
 
+/// Supplies the socket a probe connects through (a SOCK_STREAM fd of the URL's address family,
+/// owned by the caller from then on), or -errno. Pre-flight uses it to probe inside a shadow's
+/// network namespace: a socket stays in the namespace it was created in.
+using SocketSource = std::function<int()>;
+
 /// GETs `url` over one fresh connection (Connection: close) and reads the whole answer.
 /// The whole exchange (resolve, connect, write, read) ends within `timeout`. A body longer
 /// than `body_limit` bytes is never truncated: the answer is then not `ok` (status kept,
 /// body empty). Never throws for network failures; they come back as not `ok` with a reason.
 /// `url` is taken by value so the coroutine owns it.
-boost::asio::awaitable<HttpAnswer> http_get(HttpUrl url, Duration timeout, std::size_t body_limit);
+/// With `open_socket`, the host must be an IP address and the connection uses its socket.
+boost::asio::awaitable<HttpAnswer> http_get(HttpUrl url, Duration timeout, std::size_t body_limit,
+                                            SocketSource open_socket = {});
 
 /// What one probe found: healthy or not, and why in a few words ("HTTP 200",
 /// "HTTP 503", "connection refused", "timed out after 2s").
@@ -59,6 +67,6 @@ std::optional<std::string> confirm_mismatch(std::string_view body, const std::st
 /// but its status still counts. The whole probe ends within `timeout`; `url` is taken by
 /// value so the coroutine owns it. Never throws for network failures; they come back as
 /// unhealthy with a reason.
-boost::asio::awaitable<ProbeResult> probe_http(HttpUrl url, Duration timeout);
+boost::asio::awaitable<ProbeResult> probe_http(HttpUrl url, Duration timeout, SocketSource open_socket = {});
 
 }  // namespace sentinel

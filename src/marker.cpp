@@ -302,7 +302,7 @@ bool claim_marker(const fs::path& dir, error_code& ec) {
 }
 
 error_code reject_marker(const fs::path& dir, std::string_view name, std::string_view reason,
-                         std::string_view text) {
+                         std::string_view text, const RejectionDetail* detail) {
   error_code first;
   const fs::path aside = dir / marker_file::rejected_marker;
   error_code ec;
@@ -314,6 +314,13 @@ error_code reject_marker(const fs::path& dir, std::string_view name, std::string
   doc["at"] = format_utc(std::chrono::system_clock::now());
   // Boost.JSON writes strings byte for byte: text that is not UTF-8 would make the record unreadable.
   if (!text.empty() && text.size() <= 4096 && is_printable(text) && is_utf8(text)) doc["marker"] = text;
+  if (detail != nullptr) {
+    doc["commit"] = detail->commit;
+    doc["phase"] = detail->phase;
+    json::array lines;
+    for (const std::string& line : detail->output) lines.emplace_back(to_valid_utf8(line));
+    doc["output"] = std::move(lines);
+  }
   ec = write_file_atomic(dir / marker_file::rejected, json::serialize(doc) + "\n", false);
   return first ? first : ec;
 }

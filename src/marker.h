@@ -12,6 +12,7 @@
 #include <string_view>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <vector>
 
 namespace sentinel {
 
@@ -65,11 +66,20 @@ std::string marker_json(const Marker& marker);
 /// false with `ec` set on any other failure (EEXIST when a deploy is already in progress).
 bool claim_marker(const std::filesystem::path& dir, boost::system::error_code& ec);
 
+/// What `.deploy-rejected` says besides the reason when a commit was refused after it was run
+/// (pre-flight): the commit, the phase ("preflight") and the last lines of its output.
+struct RejectionDetail {
+  std::string commit;
+  std::string phase;
+  std::vector<std::string> output;
+};
+
 /// Moves `dir/<name>` aside to `.deploy-rejected.marker` (replacing an older one of any kind)
 /// and writes `.deploy-rejected` with the reason, the time and the marker's text when small
-/// and printable. Best effort on each step; returns the first error.
+/// and printable, and `detail` when given. Best effort on each step; returns the first error.
 boost::system::error_code reject_marker(const std::filesystem::path& dir, std::string_view name,
-                                        std::string_view reason, std::string_view text);
+                                        std::string_view reason, std::string_view text,
+                                        const RejectionDetail* detail = nullptr);
 
 /// Writes `content` to `file` through a temporary file in the same directory and a rename, so
 /// readers see the old or the new content, never a mix. With `durable`, the file and its

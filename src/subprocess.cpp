@@ -304,6 +304,7 @@ asio::awaitable<RunResult> run_command(RunSpec spec) {
   // follows would take the CPU it needs to reach main(). Let it go first.
   ::sched_yield();
   if (spec.on_started) spec.on_started();
+  if (spec.on_pid) spec.on_pid(pid);
   std::optional<bp::process> attached;
   try {
     attached.emplace(executor, pid);  // pidfd_open: fails only when out of fds or forbidden

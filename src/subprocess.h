@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <sys/types.h>
 #include <utility>
 #include <vector>
 
@@ -24,6 +25,7 @@ struct RunSpec {
                                    // at info; empty = logged at debug as "[argv0] …"
   std::size_t tail_lines = 20;     // how many last output lines the result keeps
   std::function<void()> on_started;  // runs right after the child exists (e.g. to fsync a record)
+  std::function<void(pid_t)> on_pid;  // then this, with the child's pid (= its process group)
   std::vector<std::string> env;    // the child's whole environment, "KEY=value"; empty = the daemon's
 };
 

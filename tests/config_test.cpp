@@ -295,7 +295,7 @@ TEST_CASE("unknown keys are rejected in every table") {
   SUBCASE("target") {
     CHECK(error_in(kMinimalTarget + "verbose = true\n") ==
           "/etc/ds.toml:7:1: target[1].verbose: unknown key (valid keys here: name, marker_dir, "
-          "checkout, restart, build, health, idle, cycle, monitor, env, allowed_owners, window, min_interval)");
+          "checkout, restart, build, health, idle, cycle, monitor, env, allowed_owners, window, min_interval, preflight)");
   }
   SUBCASE("restart") {
     CHECK(error_in(R"(
@@ -950,6 +950,98 @@ TEST_CASE("a world-writable config file is refused with the fix, since its comma
                        ConfigError);
   fs::permissions(file, fs::perms::others_write, fs::perm_options::remove);
   CHECK(load_config(file).targets.size() == 1);
+}
+
+
+TEST_CASE("a preflight table reads every key, with placeholders kept for the run") {
+  const Config config = parse(kMinimalTarget + R"(
+[target.preflight]
+command = ["bun", "run", "src/index.ts"]
+env = { BOTICAL_PORT = "{port}", BOTICAL_DATA_DIR = "{data}" }
+snapshot = ["/home/leopard/.botical-prod/data", "relative/db"]
+health = "http://127.0.0.1:{port}/health/ready"
+timeout = "3s"
+grace = "2s"
+interval = "250ms"
+successes = 4
+deadline = "90s"
+isolate = false
+)");
+  REQUIRE(config.targets[0].preflight);
+  const PreflightConfig& p = *config.targets[0].preflight;
+  CHECK(p.command == std::vector<std::string>{"bun", "run", "src/index.ts"});
+  CHECK(p.env == std::vector<std::pair<std::string, std::string>>{{"BOTICAL_DATA_DIR", "{data}"},
+                                                                  {"BOTICAL_PORT", "{port}"}});
+  CHECK(p.snapshot == std::vector<fs::path>{"/home/leopard/.botical-prod/data", "/etc/relative/db"});
+  CHECK(p.health == "http://127.0.0.1:{port}/health/ready");
+  CHECK(p.timeout == 3s);
+  CHECK(p.grace == 2s);
+  CHECK(p.interval == 250ms);
+  CHECK(p.successes == 4);
+  CHECK(p.deadline == 90s);
+  CHECK(!p.isolate);
+}
+
+TEST_CASE("a preflight table with only command and health is isolated, with the documented defaults") {
+  const Config config = parse(kMinimalTarget + R"(
+[target.preflight]
+command = ["app"]
+health = "http://127.0.0.1:{port}/health"
+)");
+  const PreflightConfig& p = *config.targets[0].preflight;
+  CHECK(p.isolate);
+  CHECK(p.grace == 1s);
+  CHECK(p.interval == 500ms);
+  CHECK(p.successes == 2);
+  CHECK(p.deadline == 60s);
+  CHECK(p.snapshot.empty());
+  CHECK(p.snapshot_command.empty());
+  CHECK(!parse(kMinimalTarget).targets[0].preflight);
+}
+
+TEST_CASE("an unknown placeholder in a preflight value is reported at that value") {
+  CHECK(error_in(kMinimalTarget + R"(
+[target.preflight]
+command = ["app"]
+env = { PORT = "{port}", DIR = "{dta}" }
+health = "http://127.0.0.1:{port}/health"
+)") == "/etc/ds.toml:10:32: target[1].preflight.env.DIR: unknown placeholder \"{dta}\"; the placeholders are {port} and {data}");
+  CHECK(error_in(kMinimalTarget + R"(
+[target.preflight]
+command = ["app"]
+snapshot_command = ["sqlite3", "/srv/prod.db", ".backup {data}/prod.db {commit}"]
+health = "http://127.0.0.1:{port}/health"
+)") == "/etc/ds.toml:10:48: target[1].preflight.snapshot_command[3]: unknown placeholder \"{commit}\"; the placeholders are {port} and {data}");
+  CHECK(error_in(kMinimalTarget + R"(
+[target.preflight]
+command = ["app"]
+health = "http://127.0.0.1:{prt}/health"
+)") == "/etc/ds.toml:10:10: target[1].preflight.health: unknown placeholder \"{prt}\"; the placeholders are {port} and {data}");
+}
+
+TEST_CASE("a preflight table refuses unknown keys, both snapshot kinds at once and a health URL that is not http") {
+  CHECK(error_in(kMinimalTarget + R"(
+[target.preflight]
+command = ["app"]
+health = "http://127.0.0.1:{port}/health"
+isolated = false
+)") == "/etc/ds.toml:11:1: target[1].preflight.isolated: unknown key (did you mean \"isolate\"?)");
+  CHECK(error_in(kMinimalTarget + R"(
+[target.preflight]
+command = ["app"]
+health = "http://127.0.0.1:{port}/health"
+snapshot = ["/srv/data"]
+snapshot_command = ["cp", "-a", "/srv/data", "{data}"]
+)") == "/etc/ds.toml:12:20: target[1].preflight.snapshot_command: give either snapshot or snapshot_command, not both");
+  CHECK(error_in(kMinimalTarget + R"(
+[target.preflight]
+command = ["app"]
+health = "https://127.0.0.1:{port}/health"
+)").find("target[1].preflight.health: HTTPS is not supported") != std::string::npos);
+  CHECK(error_in(kMinimalTarget + R"(
+[target.preflight]
+health = "http://127.0.0.1:{port}/health"
+)") == "/etc/ds.toml:8:1: target[1].preflight.command: required key missing");
 }
 
 }  // namespace sentinel

@@ -19,6 +19,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
+#include <cerrno>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -455,4 +456,36 @@ TEST_CASE("the health probe judges an answer over 64 KiB by its status") {
   auto unhealthy = served(canned(503, std::string(100 * 1024, 'x')), probe_of).result;
   CHECK_FALSE(unhealthy.healthy);
   CHECK(unhealthy.reason == "HTTP 503");
+}
+
+namespace {
+
+ProbeResult probe_through(const std::string& url_text, sentinel::SocketSource open_socket) {
+  auto url = parse_http_url(url_text);
+  REQUIRE(url);
+  boost::asio::io_context ctx;
+  auto fut = boost::asio::co_spawn(ctx, sentinel::probe_http(*url, 2s, std::move(open_socket)),
+                                   boost::asio::use_future);
+  ctx.run();
+  return fut.get();
+}
+
+}  // namespace
+
+TEST_CASE("a probe given a socket source connects through the socket it supplies") {
+  FakeService service("healthy");
+  int supplied = 0;
+  auto result = probe_through(service.url("/health"), [&] {
+    ++supplied;
+    return ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  });
+  CHECK(result.healthy);
+  CHECK(supplied == 1);
+}
+
+TEST_CASE("a probe whose socket source fails is not healthy and says why") {
+  FakeService service("healthy");
+  auto result = probe_through(service.url("/health"), [] { return -EPERM; });
+  CHECK(!result.healthy);
+  CHECK(result.reason == "cannot open a socket: Operation not permitted");
 }
