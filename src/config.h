@@ -112,6 +112,17 @@ struct MonitorConfig {
   Duration window = 1h;
 };
 
+/// `[target.hooks]`: programs run once per outcome, detached from the deploy (never awaited by it),
+/// with DEPLOY_TARGET, DEPLOY_COMMIT, DEPLOY_PREVIOUS, DEPLOY_REASON (and DEPLOY_RESULT) in their
+/// environment. Empty argv = no hook for that outcome.
+struct HooksConfig {
+  std::vector<std::string> on_deployed;
+  std::vector<std::string> on_reverted;
+  std::vector<std::string> on_failed;
+  std::vector<std::string> on_recovered;
+  Duration timeout = 30s;  // then its process group is killed (SIGTERM, SIGKILL 2 s later)
+};
+
 /// One `[[target]]`: a production service with its marker directory and checkout.
 struct TargetConfig {
   std::string name;
@@ -128,6 +139,7 @@ struct TargetConfig {
   std::vector<std::pair<std::string, std::string>> env;
   /// `allowed_owners`: uids whose markers are accepted; empty = the marker directory's owner and root.
   std::vector<uid_t> allowed_owners;
+  std::optional<HooksConfig> hooks;  // `[target.hooks]`
 };
 
 /// The whole file.
@@ -135,6 +147,7 @@ struct Config {
   std::filesystem::path source;      // the file it was read from (absolute)
   std::filesystem::path state_dir;   // absolute
   std::string log_level = "info";    // trace, debug, info, warn, error, critical, off
+  std::filesystem::path metrics_file;  // `[sentinel] metrics_file`: Prometheus text; empty = none
   std::vector<TargetConfig> targets;
 
   /// The target named `name`, or nullptr.

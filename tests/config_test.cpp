@@ -284,7 +284,7 @@ TEST_CASE("an unknown key with no close match lists the valid keys") {
   CHECK(error_in(R"(
 [sentinel]
 colour = true
-)") == "/etc/ds.toml:2:1: sentinel.colour: unknown key (valid keys here: state_dir, log_level)");
+)") == "/etc/ds.toml:2:1: sentinel.colour: unknown key (valid keys here: state_dir, log_level, metrics_file)");
 }
 
 TEST_CASE("unknown keys are rejected in every table") {
@@ -295,7 +295,7 @@ TEST_CASE("unknown keys are rejected in every table") {
   SUBCASE("target") {
     CHECK(error_in(kMinimalTarget + "verbose = true\n") ==
           "/etc/ds.toml:7:1: target[1].verbose: unknown key (valid keys here: name, marker_dir, "
-          "checkout, restart, build, health, idle, cycle, monitor, env, allowed_owners)");
+          "checkout, restart, build, health, idle, cycle, monitor, env, allowed_owners, hooks)");
   }
   SUBCASE("restart") {
     CHECK(error_in(R"(
