@@ -182,7 +182,7 @@ int status(const std::string& config_path, bool as_json) {
       }
     }
     if (!str("confirm").empty()) std::cout << "  confirm: " << str("confirm") << "\n";
-    if (t.at("next_cycle").is_string()) std::cout << "  next cycle:      " << t.at("next_cycle").as_string() << "\n";
+    if (t.at("next_cycle").is_string()) std::cout << "  next cycle:      " << str("next_cycle") << "\n";
     const auto& pending = t.at("pending").as_object();
     auto pending_commit = [&](std::string_view key) {
       const std::string commit(pending.at(key).as_object().at("commit").as_string());

@@ -475,6 +475,8 @@ asio::awaitable<void> DeployMachine::start_up() {
     next_probe_ = now + target_.monitor->interval;
   }
   running_commit_ = status_.last_known_good.empty() ? fallback_commit_ : status_.last_known_good;
+  status_.next_cycle = next_cycle_utc();
+  store_.write_status(target_.name, status_);  // with the schedule before "watching" is logged (a failure: the next enter says)
   spdlog::info("{}: watching {}; last known-good commit: {}", target_.name, target_.marker_dir.string(),
                status_.last_known_good.empty() ? "none yet" : short_sha(status_.last_known_good));
 }
@@ -1064,19 +1066,20 @@ asio::awaitable<void> DeployMachine::start_cycle() {
     const Duration retry = std::min(retry_after_, std::max(target_.cycle->every, Duration(1000)));
     cycle_retry_at_ = now + retry;
     if (r.describe() != cycle_failure_) {
+      finish(Outcome{"cycle-failed", "", "the cycle command " + r.describe(), now_utc(), {}});  // once, as logged
       spdlog::warn("{}: the cycle command {}{}; trying again every {} while the cycle is due", target_.name,
                    r.describe(), r.tail.empty() ? "" : " (" + one_line(r.tail.back()) + ")", format_duration(retry));
       cycle_failure_ = r.describe();
-      finish(Outcome{"cycle-failed", "", "the cycle command " + r.describe(), now_utc(), {}});  // once, as logged
     }
     co_return;
   }
   if (!cycle_failure_.empty()) spdlog::info("{}: the cycle command works again", target_.name);
   cycle_failure_.clear();
   schedule_->started(now);
+  // Recorded before it is logged: whoever reads the log line finds the history written.
+  finish(Outcome{"cycle", "", owed ? "owed since the last revert or recovery" : "scheduled", now_utc(), {}});
   spdlog::info("{}: cycle started; the next one is due in {}", target_.name,
                format_duration(std::chrono::duration_cast<Duration>(schedule_->next_due() - now)));
-  finish(Outcome{"cycle", "", owed ? "owed since the last revert or recovery" : "scheduled", now_utc(), {}});
 }
 
 void DeployMachine::after_outcome(const Outcome& outcome) {

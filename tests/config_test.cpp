@@ -896,4 +896,35 @@ TEST_CASE("a world-writable config file is refused with the fix, since its comma
   CHECK(load_config(file).targets.size() == 1);
 }
 
+TEST_CASE("hooks and the metrics file are read with their defaults") {
+  const Config config = parse(R"(
+[sentinel]
+metrics_file = "/var/lib/node_exporter/textfile_collector/deploy-sentinel.prom"
+)" + kMinimalTarget + R"(
+[target.hooks]
+on_deployed = ["/usr/local/bin/notify", "deployed"]
+on_failed = ["page-someone"]
+)");
+  CHECK(config.metrics_file == "/var/lib/node_exporter/textfile_collector/deploy-sentinel.prom");
+  REQUIRE(config.targets[0].hooks.has_value());
+  const HooksConfig& hooks = *config.targets[0].hooks;
+  CHECK(hooks.on_deployed == std::vector<std::string>{"/usr/local/bin/notify", "deployed"});
+  CHECK(hooks.on_failed == std::vector<std::string>{"page-someone"});
+  CHECK(hooks.on_reverted.empty());
+  CHECK(hooks.on_recovered.empty());
+  CHECK(hooks.timeout == 30s);
+  CHECK(parse(kMinimalTarget).metrics_file.empty());
+  CHECK_FALSE(parse(kMinimalTarget).targets[0].hooks.has_value());
+}
+
+TEST_CASE("a hook that is not an argv array, an unknown hook and a zero hook timeout are errors at their position") {
+  CHECK(error_in(kMinimalTarget + "\n[target.hooks]\non_deployed = \"notify-send\"\n") ==
+        "/etc/ds.toml:9:15: target[1].hooks.on_deployed: expected an array of strings, like "
+        "[\"systemctl\", \"restart\", \"app\"]");
+  CHECK(error_in(kMinimalTarget + "\n[target.hooks]\non_deploy = [\"x\"]\n") ==
+        "/etc/ds.toml:9:1: target[1].hooks.on_deploy: unknown key (did you mean \"on_deployed\"?)");
+  CHECK(error_in(kMinimalTarget + "\n[target.hooks]\ntimeout = \"0s\"\n") ==
+        "/etc/ds.toml:9:11: target[1].hooks.timeout: must be longer than zero, like \"1s\"");
+}
+
 }  // namespace sentinel
