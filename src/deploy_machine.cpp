@@ -1041,6 +1041,8 @@ asio::awaitable<void> DeployMachine::between_deploys() {
       } else {
         until = std::min(until, Clock::now() + (target_.monitor ? target_.monitor->interval : target_.health.interval));
       }
+    } else if (schedule_ && schedule_->due(Clock::now()) && Clock::now() >= cycle_retry_at_) {
+      co_return;  // fell due since the facts were gathered: decide again now, not at the next poke
     } else if (schedule_ && schedule_->due(Clock::now())) {
       why = "cycle due, waiting: the cycle command " + cycle_failure_ + "; trying again shortly";
     } else if (schedule_) {
