@@ -113,9 +113,11 @@ json::value pending_file_json(const fs::path& file, std::initializer_list<std::s
 
 /// What waits in the marker directory: a staged marker, a claimed deploy, an operator's revert.
 json::object pending_json(const TargetConfig& target) {
+  json::value revert = pending_file_json(target.marker_dir / marker_file::revert_request, {"to", "requested_by", "at"});
+  if (revert.is_object()) revert.as_object()["commit"] = revert.as_object()["to"];  // where it goes
   return {{"ready", pending_file_json(target.marker_dir / marker_file::ready, {"staged_by", "staged_at", "message"})},
           {"in_progress", pending_file_json(target.marker_dir / marker_file::in_progress, {"phase", "started_at"})},
-          {"revert_request", pending_file_json(target.marker_dir / marker_file::revert_request, {"to", "requested_by", "at"})}};
+          {"revert_request", std::move(revert)}};
 }
 
 /// What `status` knows of one target, from state_dir and the marker directory.

@@ -63,6 +63,13 @@ TEST_CASE("status --json has a schema version and shows a staged marker and its 
   CHECK(target.at("next_cycle").is_null());
   CHECK(target.at("waiting").is_null());
   CHECK(prod.cli({"status"}).out.find("a deploy is staged: " + short_sha(sha)) != std::string::npos);
+
+  write_file(prod.marker(".deploy-revert-request"), "{\"to\": \"" + sha + "\", \"requested_by\": \"ops@host\"}");
+  const json::object again = status_of(prod).at("targets").as_array().at(0).as_object();
+  const json::object& request = again.at("pending").as_object().at("revert_request").as_object();
+  CHECK(str(request, "commit") == sha);
+  CHECK(str(request, "requested_by") == "ops@host");
+  CHECK(prod.cli({"status"}).out.find("revert requested to " + short_sha(sha)) != std::string::npos);
 }
 
 TEST_CASE("status shows when the next cycle is due, from the daemon's status file") {
