@@ -1376,11 +1376,20 @@ void DeployMachine::finish_revert(const Deploy& deploy, const Verdict& failure, 
 asio::awaitable<DeployMachine::Next> DeployMachine::take_revert_request(Deploy& deploy) {
   const fs::path file = target_.marker_dir / marker_file::revert_request;
   boost::system::error_code ec;
-  const std::string text = read_small_file(file, ec);
+  struct stat opened {};
+  const std::string text = read_small_file(file, ec, kMaxMarkerBytes, &opened);
   std::string to, requested_by, note, why;
   bool now = false;
+  // Whoever may stage a deploy may ask for a revert; nobody else (as for markers).
+  std::vector<uid_t> owners = target_.allowed_owners;
+  if (owners.empty()) {
+    struct stat dir {};
+    if (::stat(target_.marker_dir.c_str(), &dir) == 0) owners = {dir.st_uid, 0};
+  }
   if (ec) {
     why = "cannot read it: " + ec.message();
+  } else if (!owners.empty() && std::find(owners.begin(), owners.end(), opened.st_uid) == owners.end()) {
+    why = "it is owned by uid " + std::to_string(opened.st_uid) + ", who may not stage deploys of this target";
   } else {
     json::value doc = json::parse(text, ec);
     if (ec || !doc.is_object()) {

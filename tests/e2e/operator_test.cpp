@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <fstream>
 
@@ -258,9 +259,18 @@ TEST_CASE("a revert request the daemon cannot carry out is refused, removed and 
   REQUIRE(daemon.wait_for_line("operator's revert request refused") >= 0);
   CHECK_FALSE(prod.has(".deploy-revert-request"));
   CHECK(str(history_of(prod).back().as_object(), "result") == "rejected");
+  if (::geteuid() == 0) {  // a request from someone who may not stage deploys here
+    const fs::path tmp_request = prod.marker(".deploy-revert-request.tmp");
+    write_file(tmp_request, "{}");
+    REQUIRE(::chown(tmp_request.c_str(), 65534, 65534) == 0);
+    fs::rename(tmp_request, prod.marker(".deploy-revert-request"));
+    REQUIRE(daemon.wait_for_line("it is owned by uid 65534, who may not stage deploys of this target") >= 0);
+    CHECK_FALSE(prod.has(".deploy-revert-request"));
+  }
   const std::string sha = prod.commit("healthy");
   prod.stage_by_rename();
   REQUIRE(daemon.wait_for_line("deployed " + short_sha(sha)) >= 0);
+  CHECK(daemon.count_lines("reverted") == 0);
 }
 
 TEST_CASE("hooks run once per outcome with DEPLOY_* in their environment, and a hung hook never holds a deploy") {
