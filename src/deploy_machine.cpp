@@ -45,6 +45,9 @@ bool same_commit(const std::string& head, std::string named) {
   return head.starts_with(named);
 }
 
+/// How the reason of an operator's revert begins (in the history and in the deploy's record).
+constexpr std::string_view kOperatorRevert = "operator: ";
+
 /// The end of the reason a probe gives when an old process still answers.
 constexpr std::string_view kNotReplaced = "the restart did not replace it";
 
@@ -633,6 +636,13 @@ asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) 
       const std::string& phase = deploy.resumed_phase;
       if ((phase == "restarting" || phase == "verifying" || is_revert_phase(phase)) && looks_like_commit(deploy.commit)) {
         if (deploy.previous_known_good.empty()) deploy.previous_known_good = status_.last_known_good;
+        co_return Next::deploy;
+      }
+      if (phase == "waiting-idle" && deploy.failure_reason.starts_with(kOperatorRevert) &&
+          looks_like_commit(deploy.previous_known_good)) {
+        // An operator's revert that was waiting for idle: still one (through the idle gate again).
+        deploy.resumed_phase.clear();
+        deploy.operator_revert = true;
         co_return Next::deploy;
       }
       deploy.resumed_phase.clear();  // before the restart: the deploy is simply still pending
@@ -1428,7 +1438,7 @@ asio::awaitable<DeployMachine::Next> DeployMachine::take_revert_request(Deploy& 
   deploy.commit = head.commit;
   deploy.previous_known_good = to;
   deploy.marker.staged_by = requested_by;
-  deploy.failure_reason = "operator: revert to " + short_sha(to) + " requested" +
+  deploy.failure_reason = std::string(kOperatorRevert) + "revert to " + short_sha(to) + " requested" +
                           (requested_by.empty() ? std::string() : " by " + requested_by) +
                           (note.empty() ? std::string() : ": " + note);
   deploy.started_at = now_utc();

@@ -232,6 +232,29 @@ TEST_CASE("revert waits for the agent to be idle unless --now") {
   REQUIRE(daemon.wait_for_line("reverted " + short_sha(again) + " to " + short_sha(good), 10s, now_from) >= 0);
 }
 
+TEST_CASE("a revert waiting for idle when the daemon is killed is resumed by the next start, not lost") {
+  Production::Options o;
+  o.with_idle = true;
+  Production prod(o);
+  auto& daemon = prod.start_watching();
+  const std::string good = prod.commit("slow:10");
+  prod.stage_by_rename();
+  REQUIRE(daemon.wait_for_line("deployed " + short_sha(good)) >= 0);
+  const std::string later = prod.commit("healthy");  // committed, never staged
+  write_file(prod.tmp / "busy", "");
+  REQUIRE(prod.cli({"revert"}).status == 0);
+  REQUIRE(daemon.wait_for_line("idle command says busy") >= 0);
+  daemon.kill_hard();
+  const std::size_t restarts = prod.restarts().size();
+  auto& again = prod.start_daemon();
+  REQUIRE(again.wait_for_line("idle command says busy") >= 0);
+  fs::remove(prod.tmp / "busy");
+  REQUIRE(again.wait_for_line("reverted " + short_sha(later) + " to " + short_sha(good)) >= 0);
+  CHECK(prod.head() == good);
+  CHECK(prod.restarts().size() == restarts + 1);  // the revert's restart only: HEAD was never deployed
+  CHECK(again.count_lines("deployed " + short_sha(later)) == 0);
+}
+
 TEST_CASE("revert refuses with a clear message: the daemon not running, a commit not in the checkout") {
   Production prod;
   CommandOutput down = prod.cli({"revert", "--to", "HEAD"});
