@@ -1429,8 +1429,8 @@ asio::awaitable<DeployMachine::Next> DeployMachine::take_revert_request(Deploy& 
   }
   if (!why.empty()) {
     const std::string reason = "operator's revert request refused: " + why;
+    finish(Outcome{"rejected", to, reason, now_utc(), {}});  // recorded before it is logged
     spdlog::error("{}: {}", target_.name, reason);
-    finish(Outcome{"rejected", to, reason, now_utc(), {}});
     co_return Next::refused;
   }
   deploy.operator_revert = true;

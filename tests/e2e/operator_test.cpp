@@ -184,6 +184,7 @@ TEST_CASE("revert --to goes back to an older commit through the daemon: reset, r
   CHECK_FALSE(prod.has(".deploy-revert-request"));
   CHECK_FALSE(prod.has(".deploy-in-progress"));
   json::array all = history_of(prod);
+  REQUIRE_FALSE(all.empty());
   const json::object& last = all.back().as_object();
   CHECK(str(last, "result") == "reverted");
   CHECK(str(last, "commit") == newer);
@@ -281,7 +282,9 @@ TEST_CASE("a revert request the daemon cannot carry out is refused, removed and 
   fs::rename(prod.marker(".deploy-revert-request.tmp"), prod.marker(".deploy-revert-request"));
   REQUIRE(daemon.wait_for_line("operator's revert request refused") >= 0);
   CHECK_FALSE(prod.has(".deploy-revert-request"));
-  CHECK(str(history_of(prod).back().as_object(), "result") == "rejected");
+  const json::array refused = history_of(prod);
+  REQUIRE_FALSE(refused.empty());
+  CHECK(str(refused.back().as_object(), "result") == "rejected");
   if (::geteuid() == 0) {  // a request from someone who may not stage deploys here
     const fs::path tmp_request = prod.marker(".deploy-revert-request.tmp");
     write_file(tmp_request, "{}");
