@@ -3,6 +3,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "git.h"
+#include "history.h"
 #include "lease.h"
 #include "log.h"
 #include "marker.h"
@@ -28,8 +29,11 @@ namespace json = boost::json;
 namespace {
 
 constexpr int kExitUsage = 64;
+constexpr int kExitUnavailable = 69;  // EX_UNAVAILABLE: `revert` needs the daemon running
 constexpr int kExitTempFail = 75;  // EX_TEMPFAIL: `hold` refused for now, try again
 constexpr const char* kDefaultConfig = "/etc/deploy-sentinel/config.toml";
+/// Bumped when a field of `status --json` changes meaning or goes away (adding fields does not).
+constexpr int kStatusSchemaVersion = 1;
 
 /// "leopard@host" for the marker's staged_by.
 std::string who_stages() {
@@ -88,6 +92,34 @@ int stage(const std::string& config_path, const std::string& target_name, std::s
   return 0;
 }
 
+/// One marker-directory file as `status` shows it: null when absent, else {"commit", ...} from its JSON
+/// ("commit" is "" when the file names none, as an empty marker or an unreadable one).
+json::value pending_file_json(const fs::path& file, std::initializer_list<std::string_view> keys) {
+  if (!marker_present(file.parent_path(), file.filename().string())) return nullptr;
+  boost::system::error_code ec;
+  const std::string text = read_small_file(file, ec);
+  json::object out{{"commit", ""}};
+  for (std::string_view key : keys) out[key] = "";
+  if (!ec) {
+    json::value doc = json::parse(text, ec);
+    if (!ec && doc.is_object()) {
+      out["commit"] = string_field(doc.as_object(), "commit");
+      for (std::string_view key : keys) out[key] = string_field(doc.as_object(), key);
+    }
+  }
+  if (ec) out["problem"] = "cannot be read: " + ec.message();
+  return out;
+}
+
+/// What waits in the marker directory: a staged marker, a claimed deploy, an operator's revert.
+json::object pending_json(const TargetConfig& target) {
+  json::value revert = pending_file_json(target.marker_dir / marker_file::revert_request, {"to", "requested_by", "at"});
+  if (revert.is_object()) revert.as_object()["commit"] = revert.as_object()["to"];  // where it goes
+  return {{"ready", pending_file_json(target.marker_dir / marker_file::ready, {"staged_by", "staged_at", "message"})},
+          {"in_progress", pending_file_json(target.marker_dir / marker_file::in_progress, {"phase", "started_at"})},
+          {"revert_request", std::move(revert)}};
+}
+
 /// What `status` knows of one target, from state_dir and the marker directory.
 json::object target_status(const StateStore& store, const TargetConfig& target, bool running) {
   auto status = store.read_status(target.name).value_or(TargetStatus{});
@@ -109,6 +141,10 @@ json::object target_status(const StateStore& store, const TargetConfig& target, 
   } else {
     obj["paused"] = nullptr;
   }
+  obj["running"] = running;
+  obj["waiting"] = running && status.phase == "waiting-idle" ? json::value(status.detail) : json::value(nullptr);
+  obj["next_cycle"] = running && !status.next_cycle.empty() ? json::value(status.next_cycle) : json::value(nullptr);
+  obj["pending"] = pending_json(target);
   if (status.last_outcome) {
     const Outcome& o = *status.last_outcome;
     obj["last_outcome"] = {{"result", o.result}, {"commit", o.commit}, {"reason", o.reason}, {"at", o.at},
@@ -126,7 +162,7 @@ int status(const std::string& config_path, bool as_json) {
   json::array targets;
   for (const auto& target : config.targets) targets.push_back(target_status(store, target, pid.has_value()));
   if (as_json) {
-    json::object doc{{"running", pid.has_value()}, {"targets", std::move(targets)}};
+    json::object doc{{"schema_version", kStatusSchemaVersion}, {"running", pid.has_value()}, {"targets", std::move(targets)}};
     doc["pid"] = pid ? json::value(*pid) : json::value(nullptr);
     std::cout << json::serialize(doc) << "\n";
     return 0;
@@ -154,7 +190,23 @@ int status(const std::string& config_path, bool as_json) {
       }
     }
     if (!str("confirm").empty()) std::cout << "  confirm: " << str("confirm") << "\n";
-    if (t.at("staged").as_bool()) std::cout << "  a deploy is staged (" << marker_file::ready << ")\n";
+    if (t.at("next_cycle").is_string()) std::cout << "  next cycle:      " << str("next_cycle") << "\n";
+    const auto& pending = t.at("pending").as_object();
+    auto pending_commit = [&](std::string_view key) {
+      const std::string commit(pending.at(key).as_object().at("commit").as_string());
+      return commit.empty() ? std::string("HEAD") : commit.substr(0, 12);
+    };
+    if (pending.at("in_progress").is_object()) {
+      std::cout << "  in progress:     " << pending_commit("in_progress") << " ("
+                << marker_file::in_progress << ")\n";
+    }
+    if (pending.at("revert_request").is_object()) {
+      std::cout << "  revert requested to " << pending_commit("revert_request") << " ("
+                << marker_file::revert_request << ")\n";
+    }
+    if (t.at("staged").as_bool()) {
+      std::cout << "  a deploy is staged: " << pending_commit("ready") << " (" << marker_file::ready << ")\n";
+    }
     if (t.at("paused").is_object()) {
       std::cout << "  PAUSED: " << json::value_to<std::string>(t.at("paused").at("describe"))
                 << " (deploy-sentinel resume ends it)\n";
@@ -163,6 +215,111 @@ int status(const std::string& config_path, bool as_json) {
       std::cout << "  QUARANTINED: read and remove " << marker_file::failed << " in the marker directory\n";
     }
   }
+  return 0;
+}
+
+/// `history`: the last `count` outcomes of one target or of all, oldest first, merged by time.
+int history(const std::string& config_path, const std::string& target_name, bool as_json, int count) {
+  Config config = load_config(config_path);
+  StateStore store(config.state_dir);
+  std::vector<const TargetConfig*> targets;
+  if (!target_name.empty()) {
+    targets.push_back(&pick_target(config, target_name));
+  } else {
+    for (const auto& target : config.targets) targets.push_back(&target);
+  }
+  struct Entry {
+    std::string target;
+    Outcome outcome;
+  };
+  std::vector<Entry> entries;
+  json::array skipped;
+  for (const TargetConfig* target : targets) {
+    HistoryRead read = read_history(store.history_file(target->name));
+    for (auto& outcome : read.entries) entries.push_back({target->name, std::move(outcome)});
+    for (const auto& line : read.skipped) {
+      skipped.emplace_back(line);
+      if (!as_json) std::cerr << "deploy-sentinel: skipped " << line << "\n";
+    }
+    for (const auto& error : read.errors) {
+      throw StartupError("cannot read the history " + error + " (run as a user who can read state_dir " +
+                         config.state_dir.string() + ")");
+    }
+  }
+  // Each file is in time order already; a stable sort keeps that order for equal seconds.
+  std::stable_sort(entries.begin(), entries.end(),
+                   [](const Entry& a, const Entry& b) { return a.outcome.at < b.outcome.at; });
+  if (count >= 0 && entries.size() > static_cast<std::size_t>(count)) {
+    entries.erase(entries.begin(), entries.end() - count);
+  }
+  if (as_json) {
+    json::array list;
+    for (const auto& [target, o] : entries) {
+      list.push_back(json::object{{"target", target}, {"result", o.result}, {"commit", o.commit},
+                                  {"reason", o.reason}, {"at", o.at}, {"process", o.process}});
+    }
+    json::object doc{{"schema_version", kStatusSchemaVersion}, {"entries", std::move(list)},
+                     {"skipped", std::move(skipped)}};
+    std::cout << json::serialize(doc) << "\n";
+    return 0;
+  }
+  if (entries.empty()) std::cout << "no history yet (" << store.dir().string() << ")\n";
+  for (const auto& [target, o] : entries) {
+    std::cout << o.at << "  " << target << "  " << o.result;
+    if (!o.commit.empty()) std::cout << " " << o.commit.substr(0, 12);
+    if (!o.reason.empty()) std::cout << ": " << o.reason;
+    if (!o.process.empty()) std::cout << " [" << o.process << "]";
+    std::cout << "\n";
+  }
+  return 0;
+}
+
+/// `revert`: asks the running daemon to revert `target` (to its last known-good commit, or to `to`)
+/// by writing `.deploy-revert-request` into the marker directory; returns once it is written.
+int revert(const std::string& config_path, const std::string& target_name, const std::string& to_text, bool now,
+           const std::string& reason) {
+  Config config = load_config(config_path);
+  const TargetConfig& target = pick_target(config, target_name);
+  StateStore store(config.state_dir);
+  if (!InstanceLock::holder(config.state_dir)) {
+    throw StartupError("the daemon is not running (no lock held in " + config.state_dir.string() +
+                           "): the revert is carried out by the daemon; start it (systemctl start deploy-sentinel) "
+                           "and run this again",
+                       kExitUnavailable);
+  }
+  if (marker_present(target.marker_dir, marker_file::failed)) {
+    throw StartupError(target.name + " is quarantined: read " + (target.marker_dir / marker_file::failed).string() +
+                           ", remove it, then ask for the revert again",
+                       kExitTempFail);
+  }
+  std::string to = to_text;
+  if (to.empty()) {
+    KnownGood known = store.read_known_good(target.name);
+    if (known.commit.empty()) {
+      throw StartupError("no known-good commit is recorded for " + target.name +
+                         (known.problem.empty() ? "" : " (" + known.problem + ")") + ": name one with --to SHA");
+    }
+    to = known.commit;
+  }
+  HeadCommit resolved = git_resolve_commit_now(target.checkout, to);
+  if (!resolved.error.empty()) {
+    throw StartupError("--to " + to + ": " + resolved.error +
+                           " (pick one from `git -C " + target.checkout.string() + " log`, or fetch it first)",
+                       kExitUsage);
+  }
+  json::object request{{"to", resolved.commit}, {"now", now}, {"requested_by", who_stages()},
+                       {"at", format_utc(std::chrono::system_clock::now())}, {"reason", reason}};
+  const fs::path file = target.marker_dir / marker_file::revert_request;
+  if (marker_present(target.marker_dir, marker_file::revert_request)) {
+    std::cerr << "deploy-sentinel: replacing a revert request the daemon had not taken yet\n";
+  }
+  if (auto err = write_file_atomic(file, json::serialize(request) + "\n", true)) {
+    throw StartupError("cannot write " + file.string() + ": " + err.message() +
+                       " (run as a user who can write the marker directory)");
+  }
+  std::cout << "asked the daemon to revert " << target.name << " to " << resolved.commit
+            << (now ? " now" : " once the agent is idle") << " (" << file.string()
+            << "); follow it with: deploy-sentinel status, deploy-sentinel history -t " << target.name << "\n";
   return 0;
 }
 
@@ -328,6 +485,8 @@ int run_cli(int argc, char** argv) {
       "  deploy-sentinel run --config /etc/deploy-sentinel/config.toml\n"
       "  deploy-sentinel stage --config /etc/deploy-sentinel/config.toml --message \"faster search\"\n"
       "  deploy-sentinel status --config /etc/deploy-sentinel/config.toml --json\n"
+      "  deploy-sentinel history --config /etc/deploy-sentinel/config.toml --target prod -n 10\n"
+      "  deploy-sentinel revert --config /etc/deploy-sentinel/config.toml --target prod --reason \"bad answers\"\n"
       "  deploy-sentinel hold --config /etc/deploy-sentinel/config.toml --for 40m --reason \"cycle 812\" --pid $$\n"
       "  deploy-sentinel release --config /etc/deploy-sentinel/config.toml\n"
       "  deploy-sentinel pause --config /etc/deploy-sentinel/config.toml --for 2w --reason \"database migration\"\n"
@@ -359,8 +518,42 @@ int run_cli(int argc, char** argv) {
                 "whether or not the daemon runs.");
   status_cmd->add_option("-c,--config", config_path, "Config file")->capture_default_str();
   status_cmd->add_flag("--json", as_json,
-                       "One JSON object: {\"running\",\"pid\",\"targets\":[{\"name\",\"phase\",\"last_known_good\","
-                       "\"last_outcome\",...}]}");
+                       "One JSON object, schema in the README (\"status --json\"): {\"schema_version\":1,\"running\","
+                       "\"pid\",\"targets\":[{\"name\",\"phase\",\"since\",\"waiting\",\"pending\",\"last_known_good\","
+                       "\"last_outcome\",\"next_cycle\",...}]}");
+
+  bool history_json = false;
+  int history_count = 20;
+  auto* history_cmd = app.add_subcommand(
+      "history",
+      "Show the last deploys, reverts, recoveries, rejections and cycles, oldest first (from "
+      "STATE_DIR/targets/NAME/history.jsonl, rotated to history.jsonl.1 past 1 MiB). A torn line is skipped "
+      "and named on stderr. Works whether or not the daemon runs.");
+  history_cmd->add_option("-c,--config", config_path, "Config file")->capture_default_str();
+  history_cmd->add_option("-t,--target", target_name, "Only this target (default: every target, merged by time)");
+  history_cmd->add_option("-n", history_count, "How many entries at most (the newest); -1 for all")
+      ->capture_default_str()
+      ->check(CLI::Range(-1, 1'000'000));
+  history_cmd->add_flag("--json", history_json,
+                        "One JSON object: {\"schema_version\":1,\"entries\":[{\"target\",\"result\",\"commit\","
+                        "\"reason\",\"at\",\"process\"}],\"skipped\":[\"FILE:LINE: why\"]}");
+
+  std::string revert_to, revert_reason;
+  bool revert_now = false;
+  auto* revert_cmd = app.add_subcommand(
+      "revert",
+      "Ask the running daemon to revert a target to its last known-good commit (or --to SHA): it resets the "
+      "checkout (git reset --hard), rebuilds, restarts and verifies, as after a failed deploy, waiting for the "
+      "agent to be idle first unless --now. Returns once the request is written (.deploy-revert-request in the "
+      "marker directory); the outcome shows in status and history (\"reverted\", reason \"operator: ...\"). Exits "
+      "69 when the daemon is not running, 64 when the commit is not in the checkout, 75 when quarantined.");
+  revert_cmd->add_option("-c,--config", config_path, "Config file")->capture_default_str();
+  revert_cmd->add_option("-t,--target", target_name, "Target to revert (needed when the config has several)");
+  revert_cmd->add_option("--to", revert_to,
+                         "Commit to go back to (any SHA or revision git knows in the checkout; default: the last "
+                         "known-good commit)");
+  revert_cmd->add_flag("--now", revert_now, "Do not wait for the agent to be idle (its cycle is cut short)");
+  revert_cmd->add_option("-r,--reason", revert_reason, "Why: recorded in the history and in .deploy-reverted");
 
   std::string for_text, reason;
   pid_t pid = 0;
@@ -409,6 +602,8 @@ int run_cli(int argc, char** argv) {
     if (*check) return check_config(check_path);
     if (*stage_cmd) return stage(config_path, target_name, commit, message);
     if (*status_cmd) return status(config_path, as_json);
+    if (*history_cmd) return history(config_path, target_name, history_json, history_count);
+    if (*revert_cmd) return revert(config_path, target_name, revert_to, revert_now, revert_reason);
     if (*hold_cmd) {
       return hold(config_path, target_name, for_text, reason,
                   pid_opt->count() > 0 ? std::optional<pid_t>(pid) : std::nullopt, wait);

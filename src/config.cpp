@@ -45,10 +45,12 @@ constexpr std::string_view kUrlExample = R"("http://127.0.0.1:8080/health")";
 using KeyList = std::span<const std::string_view>;
 
 constexpr std::array kTopLevelKeys{"sentinel"sv, "target"sv};
-constexpr std::array kSentinelKeys{"state_dir"sv, "log_level"sv};
+constexpr std::array kSentinelKeys{"state_dir"sv, "log_level"sv, "metrics_file"sv};
 constexpr std::array kTargetKeys{"name"sv,   "marker_dir"sv, "checkout"sv, "restart"sv, "build"sv,
                                  "health"sv, "idle"sv,       "cycle"sv,    "monitor"sv, "env"sv, "allowed_owners"sv,
-                                 "window"sv, "min_interval"sv, "preflight"sv};
+                                 "window"sv, "min_interval"sv, "preflight"sv,
+                                 "hooks"sv};
+constexpr std::array kHooksKeys{"on_deployed"sv, "on_reverted"sv, "on_failed"sv, "on_recovered"sv, "timeout"sv};
 constexpr std::array kCommandSpecKeys{"command"sv, "timeout"sv, "kill_grace"sv};
 constexpr std::array kConfirmKeys{"pointer"sv, "equals"sv};
 constexpr std::array kHealthKeys{"confirm"sv,  "url"sv,      "command"sv,   "timeout"sv, "grace"sv,
@@ -806,6 +808,16 @@ PreflightConfig read_preflight(const TableReader& table, const fs::path& base_di
   return preflight;
 }
 
+HooksConfig read_hooks(const TableReader& table) {
+  HooksConfig hooks;
+  hooks.on_deployed = table.command("on_deployed").value_or(hooks.on_deployed);
+  hooks.on_reverted = table.command("on_reverted").value_or(hooks.on_reverted);
+  hooks.on_failed = table.command("on_failed").value_or(hooks.on_failed);
+  hooks.on_recovered = table.command("on_recovered").value_or(hooks.on_recovered);
+  hooks.timeout = table.duration("timeout", ZeroDuration::rejected).value_or(hooks.timeout);
+  return hooks;
+}
+
 void check_target_name(const TableReader& table, std::string_view name) {
   const bool allowed_chars = !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
     return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
@@ -855,11 +867,13 @@ TargetConfig read_target(const TableReader& table, const fs::path& base_dir) {
   target.allowed_owners = table.users("allowed_owners");
   if (const std::optional<TableReader> window = table.table("window", kWindowKeys)) target.window = read_window(*window);
   target.min_interval = table.duration("min_interval", ZeroDuration::allowed).value_or(target.min_interval);
+  if (const std::optional<TableReader> hooks = table.table("hooks", kHooksKeys)) target.hooks = read_hooks(*hooks);
   return target;
 }
 
 void read_sentinel(const TableReader& table, const fs::path& base_dir, Config& config) {
   config.state_dir = table.path("state_dir", base_dir).value_or(config.state_dir);
+  config.metrics_file = table.path("metrics_file", base_dir).value_or(config.metrics_file);
   if (const std::optional<std::string> level = table.string("log_level")) {
     if (std::find(kLogLevels.begin(), kLogLevels.end(), *level) == kLogLevels.end()) {
       table.fail("log_level",

@@ -144,6 +144,17 @@ struct PreflightConfig {
   bool isolate = true;      // own network, PID and mount namespaces (bubblewrap)
 };
 
+/// `[target.hooks]`: programs run once per outcome, detached from the deploy (never awaited by it),
+/// with DEPLOY_TARGET, DEPLOY_COMMIT, DEPLOY_PREVIOUS, DEPLOY_REASON (and DEPLOY_RESULT) in their
+/// environment. Empty argv = no hook for that outcome.
+struct HooksConfig {
+  std::vector<std::string> on_deployed;
+  std::vector<std::string> on_reverted;
+  std::vector<std::string> on_failed;
+  std::vector<std::string> on_recovered;
+  Duration timeout = 30s;  // then its process group is killed (SIGTERM, SIGKILL 2 s later)
+};
+
 /// One `[[target]]`: a production service with its marker directory and checkout.
 struct TargetConfig {
   std::string name;
@@ -163,6 +174,7 @@ struct TargetConfig {
   std::vector<uid_t> allowed_owners;
   std::optional<WindowConfig> window;    // none = deploys restart at any time
   Duration min_interval{0};              // between two deploy restarts (recovery exempt); 0 = none
+  std::optional<HooksConfig> hooks;  // `[target.hooks]`
 };
 
 /// The whole file.
@@ -170,6 +182,7 @@ struct Config {
   std::filesystem::path source;      // the file it was read from (absolute)
   std::filesystem::path state_dir;   // absolute
   std::string log_level = "info";    // trace, debug, info, warn, error, critical, off
+  std::filesystem::path metrics_file;  // `[sentinel] metrics_file`: Prometheus text; empty = none
   std::vector<TargetConfig> targets;
 
   /// The target named `name`, or nullptr.

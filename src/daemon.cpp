@@ -3,7 +3,9 @@
 #include "config.h"
 #include "deploy_machine.h"
 #include "log.h"
+#include "marker.h"
 #include "marker_watch.h"
+#include "metrics.h"
 #include "state_store.h"
 #include "systemd.h"
 
@@ -33,7 +35,7 @@ struct TargetRuntime {
       : actions(target, executor, [this] { machine.poke(); }),
         machine(target, store, actions, executor),
         watch(executor, target.marker_dir, target.name, [this](std::string_view) { machine.poke(); },
-              lease_names(target, target.marker_dir)),
+              marker_dir_names(target)),
         // `pause` and `resume` write and remove the pause file in the target's state directory.
         pause_watch(executor, store.pause_file(target.name).parent_path(), target.name + " pause",
                     [this](std::string_view) { machine.poke(); }, {store.pause_file(target.name).filename().string()}) {
@@ -55,6 +57,13 @@ struct TargetRuntime {
   static std::vector<std::string> lease_names(const TargetConfig& target, const std::filesystem::path& dir) {
     if (!target.idle || target.idle->lease_file.empty() || target.idle->lease_file.parent_path() != dir) return {};
     return {target.idle->lease_file.filename().string()};
+  }
+
+  /// Files in the marker directory reported beside the markers: the lease, the operator's revert request.
+  static std::vector<std::string> marker_dir_names(const TargetConfig& target) {
+    std::vector<std::string> names = lease_names(target, target.marker_dir);
+    names.emplace_back(marker_file::revert_request);
+    return names;
   }
 
   TargetProcesses actions;
@@ -85,9 +94,14 @@ std::unique_ptr<Config> run_targets(asio::io_context& ctx, asio::signal_set& sig
   InstanceLock lock(config.state_dir);
 
   ServiceNotifier service_manager(ctx.get_executor(), names);
+  // Outlives a reload: its counters count since the daemon started.
+  static MetricsFile metrics;
+  metrics.set_path(config.metrics_file);
   std::vector<std::shared_ptr<TargetRuntime>> runtimes;
   for (const auto& target : config.targets) {
     auto runtime = std::make_shared<TargetRuntime>(target, store, ctx.get_executor());
+    runtime->machine.set_metrics(&metrics);
+    metrics.add_target(target.name);
     runtime->start();  // the watches are set before the first look at the disk, so nothing slips between
     runtimes.push_back(std::move(runtime));
   }
@@ -109,6 +123,7 @@ std::unique_ptr<Config> run_targets(asio::io_context& ctx, asio::signal_set& sig
       if (--running == 0 && stopping) ctx.stop();
     });
   }
+  metrics.write();  // the file exists from the start, with every counter at 0
   std::vector<std::weak_ptr<TargetRuntime>> targets(runtimes.begin(), runtimes.end());
   runtimes.clear();  // the coroutines own them now
 

@@ -1,8 +1,10 @@
 #include "deploy_machine.h"
 
+#include "hooks.h"
 #include "lease.h"
 #include "listener.h"
 #include "marker.h"
+#include "metrics.h"
 #include "systemd.h"
 
 #include <boost/asio/as_tuple.hpp>
@@ -48,6 +50,9 @@ bool same_commit(const std::string& head, std::string named) {
   std::transform(named.begin(), named.end(), named.begin(), [](unsigned char c) { return std::tolower(c); });
   return head.starts_with(named);
 }
+
+/// How the reason of an operator's revert begins (in the history and in the deploy's record).
+constexpr std::string_view kOperatorRevert = "operator: ";
 
 /// The end of the reason a probe gives when an old process still answers.
 constexpr std::string_view kNotReplaced = "the restart did not replace it";
@@ -318,6 +323,15 @@ asio::awaitable<RunResult> TargetProcesses::start_cycle() {
   co_return co_await run_command(std::move(spec));
 }
 
+asio::awaitable<HeadCommit> TargetActions::resolve_commit(std::string rev) {
+  if (rev.size() == 40 && looks_like_commit(rev)) co_return HeadCommit{rev, {}};
+  co_return HeadCommit{{}, rev + " is not a full commit SHA"};
+}
+
+asio::awaitable<HeadCommit> TargetProcesses::resolve_commit(std::string rev) {
+  co_return co_await git_resolve_commit(target_.checkout, std::move(rev));
+}
+
 asio::awaitable<HeadCommit> TargetProcesses::head() { co_return co_await git_head(target_.checkout); }
 
 asio::awaitable<RunResult> TargetProcesses::reset_to(std::string commit) {
@@ -341,6 +355,8 @@ struct DeployMachine::Deploy {
   bool waited = false;  // a pause, the window or min_interval held it: HEAD may have moved since the claim
   std::string claim_note;  // the "claimed deploy" log line, until it is logged (after the spawn, when no wait comes first)
   bool recovery = false;  // a revert of a down production, not of a deploy
+  bool operator_revert = false;  // asked for by `deploy-sentinel revert`: previous_known_good is where to go
+  bool revert_now = false;       // ... with --now: without waiting for idle
   unsigned long long restart_began = 0;  // clock ticks since boot when the last restart began; 0 = unknown
   pid_t preflight_pid = 0;                  // the pre-flight's shadow while it runs, for the next start's clean-up
   unsigned long long preflight_start = 0;   // its start time (clock ticks since boot)
@@ -383,6 +399,7 @@ void DeployMachine::enter(Phase phase, const std::string& commit, const std::str
   status_.phase = to_string(phase);
   status_.commit = commit;
   status_.detail = detail;
+  status_.next_cycle = next_cycle_utc();
   if (auto ec = store_.write_status(target_.name, status_)) {
     spdlog::warn("{}: cannot write status to {}: {}", target_.name, store_.dir().string(), ec.message());
   }
@@ -396,7 +413,8 @@ void DeployMachine::finish(const Outcome& outcome) {
   } else {
     history_sync_ = in_background([&store = store_, name = target_.name] { store.sync_history(name); });
   }
-  if (outcome.result != "rejected") status_.last_outcome = outcome;
+  if (outcome.result != "rejected" && !outcome.result.starts_with("cycle")) status_.last_outcome = outcome;
+  after_outcome(outcome);
   report_transition({target_.name, status_.phase, outcome.commit, outcome.reason, outcome.result}, false);
   // A marker refused by the start-up look at the disk: still starting until that look is done.
   enter(phase_ == Phase::starting ? Phase::starting : Phase::watching, "", "");
@@ -520,6 +538,9 @@ asio::awaitable<void> DeployMachine::start_up() {
     monitor_.emplace(target_.monitor->failures, target_.monitor->max_recoveries, target_.monitor->window);
     next_probe_ = now + target_.monitor->interval;
   }
+  running_commit_ = status_.last_known_good.empty() ? fallback_commit_ : status_.last_known_good;
+  status_.next_cycle = next_cycle_utc();
+  store_.write_status(target_.name, status_);  // with the schedule before "watching" is logged (a failure: the next enter says)
   spdlog::info("{}: watching {}; last known-good commit: {}", target_.name, target_.marker_dir.string(),
                status_.last_known_good.empty() ? "none yet" : short_sha(status_.last_known_good));
 }
@@ -700,9 +721,18 @@ asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) 
         if (deploy.previous_known_good.empty()) deploy.previous_known_good = status_.last_known_good;
         co_return Next::deploy;
       }
+      if (phase == "waiting-idle" && deploy.failure_reason.starts_with(kOperatorRevert) &&
+          looks_like_commit(deploy.previous_known_good)) {
+        // An operator's revert that was waiting for idle: still one (through the idle gate again).
+        deploy.resumed_phase.clear();
+        deploy.operator_revert = true;
+        co_return Next::deploy;
+      }
       deploy.resumed_phase.clear();  // before the restart: the deploy is simply still pending
     }
   } else {
+    // An operator's revert goes before a staged deploy: the operator has seen what the agent did.
+    if (exists(marker_file::revert_request)) co_return co_await take_revert_request(deploy);
     boost::system::error_code ec;
     if (!claim_marker(target_.marker_dir, ec)) {
       if (!ec) co_return Next::nothing;
@@ -816,6 +846,7 @@ asio::awaitable<DeployMachine::Gate> DeployMachine::wait_until_idle(Deploy& depl
           spdlog::info("{}: agent idle{} (waited {}); restarting", target_.name,
                        forced ? "ness not confirmed" : " for " + format_duration(idle.quiet),
                        format_duration(since(waiting_since)));
+          if (metrics_) metrics_->idle_wait(target_.name, since(waiting_since));  // written after the restart
           co_return Gate::go;
         }
         again = IdleAnswer{IdleAnswer::State::busy, deploy.permit.why};
@@ -1044,6 +1075,7 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::verify(const std::string&
   for (int probes = 1;; ++probes) {
     const auto probe_started = Clock::now();
     probe = co_await actions_.probe();
+    note_probe(probe.healthy, since(probe_started));
     if (probe.healthy) {
       if (std::optional<std::string> old = unconfirmed(probe, commit, restart_began)) {
         probe.healthy = false;
@@ -1163,8 +1195,10 @@ DeployMachine::Clock::time_point DeployMachine::next_look() const {
 }
 
 asio::awaitable<ProbeResult> DeployMachine::monitor_probe() {
+  const auto probe_started = Clock::now();
   ProbeResult probe = co_await actions_.probe();
   const auto now = Clock::now();
+  note_probe(probe.healthy, since(probe_started));
   next_probe_ = now + target_.monitor->interval;
   switch (monitor_->observe(probe.healthy, probe.reason, now)) {
     case HealthMonitor::Change::went_down: {
@@ -1200,7 +1234,8 @@ asio::awaitable<void> DeployMachine::between_deploys() {
   for (;;) {
     // Looked at before every decision: a marker staged while a probe or an idle check was under
     // way must stop a cycle from starting.
-    facts.deploy_pending = poked_ || exists(marker_file::ready) || exists(marker_file::in_progress);
+    facts.deploy_pending = poked_ || exists(marker_file::ready) || exists(marker_file::in_progress) ||
+                           exists(marker_file::revert_request);
     const Decision d = decide(facts);
     switch (d.action) {
       case Decision::Action::probe_health: {
@@ -1252,6 +1287,8 @@ asio::awaitable<void> DeployMachine::between_deploys() {
       } else {
         until = std::min(until, Clock::now() + (target_.monitor ? target_.monitor->interval : target_.health.interval));
       }
+    } else if (schedule_ && schedule_->due(Clock::now()) && Clock::now() >= cycle_retry_at_) {
+      co_return;  // fell due since the facts were gathered: decide again now, not at the next poke
     } else if (schedule_ && schedule_->due(Clock::now())) {
       why = "cycle due, waiting: the cycle command " + cycle_failure_ + "; trying again shortly";
     } else if (schedule_) {
@@ -1277,6 +1314,7 @@ asio::awaitable<void> DeployMachine::start_cycle() {
     const Duration retry = std::min(retry_after_, std::max(target_.cycle->every, Duration(1000)));
     cycle_retry_at_ = now + retry;
     if (r.describe() != cycle_failure_) {
+      finish(Outcome{"cycle-failed", "", "the cycle command " + r.describe(), now_utc(), {}});  // once, as logged
       spdlog::warn("{}: the cycle command {}{}; trying again every {} while the cycle is due", target_.name,
                    r.describe(), r.tail.empty() ? "" : " (" + one_line(r.tail.back()) + ")", format_duration(retry));
       cycle_failure_ = r.describe();
@@ -1286,8 +1324,40 @@ asio::awaitable<void> DeployMachine::start_cycle() {
   if (!cycle_failure_.empty()) spdlog::info("{}: the cycle command works again", target_.name);
   cycle_failure_.clear();
   schedule_->started(now);
+  // Recorded before it is logged: whoever reads the log line finds the history written.
+  finish(Outcome{"cycle", "", owed ? "owed since the last revert or recovery" : "scheduled", now_utc(), {}});
   spdlog::info("{}: cycle started; the next one is due in {}", target_.name,
                format_duration(std::chrono::duration_cast<Duration>(schedule_->next_due() - now)));
+}
+
+void DeployMachine::after_outcome(const Outcome& outcome) {
+  HookEvent event{outcome.result, outcome.commit, running_commit_, outcome.reason};
+  if (outcome.result == "reverted") {
+    event.commit = status_.last_known_good;  // what production runs now
+    event.previous = outcome.commit;         // what the revert undid
+    running_commit_ = status_.last_known_good;
+  } else if ((outcome.result == "deployed" || outcome.result == "recovered") && !outcome.commit.empty()) {
+    running_commit_ = outcome.commit;
+  }
+  start_hook(wake_.get_executor(), target_, event);
+  if (metrics_) {
+    metrics_->outcome(target_.name, outcome.result, std::chrono::system_clock::now());
+    metrics_->write();
+  }
+}
+
+void DeployMachine::note_probe(bool healthy, Duration latency) {
+  if (!metrics_) return;
+  metrics_->probe(target_.name, healthy, latency);
+  metrics_->write();
+}
+
+std::string DeployMachine::next_cycle_utc() const {
+  if (!schedule_) return {};
+  const auto now = Clock::now();
+  if (schedule_->due(now)) return now_utc();
+  return format_utc(std::chrono::system_clock::now() +
+                    std::chrono::duration_cast<std::chrono::system_clock::duration>(schedule_->next_due() - now));
 }
 
 asio::awaitable<void> DeployMachine::recover() {
@@ -1356,6 +1426,10 @@ void DeployMachine::give_up_recovering() {
 }
 
 asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
+  if (deploy.operator_revert) {
+    co_await operator_revert(deploy);
+    co_return;
+  }
   const std::string& resumed = deploy.resumed_phase;
   if (is_revert_phase(resumed) || resumed == "verifying") {
     // Production may be replaced again from here on: record that under the lease lock first, so
@@ -1721,6 +1795,85 @@ asio::awaitable<void> DeployMachine::reject_after_preflight(Deploy& deploy, cons
                good.empty() ? "what it ran" : short_sha(good));
   // The agent should learn from .deploy-rejected: one cycle, as after a revert.
   if (schedule_ && target_.cycle->after_recovery) schedule_->owe();
+}
+
+// ---- the operator's revert --------------------------------------------------------------------
+
+asio::awaitable<DeployMachine::Next> DeployMachine::take_revert_request(Deploy& deploy) {
+  const fs::path file = target_.marker_dir / marker_file::revert_request;
+  boost::system::error_code ec;
+  struct stat opened {};
+  const std::string text = read_small_file(file, ec, kMaxMarkerBytes, &opened);
+  std::string to, requested_by, note, why;
+  bool now = false;
+  // Whoever may stage a deploy may ask for a revert; nobody else (as for markers).
+  std::vector<uid_t> owners = target_.allowed_owners;
+  if (owners.empty()) {
+    struct stat dir {};
+    if (::stat(target_.marker_dir.c_str(), &dir) == 0) owners = {dir.st_uid, 0};
+  }
+  if (ec) {
+    why = "cannot read it: " + ec.message();
+  } else if (!owners.empty() && std::find(owners.begin(), owners.end(), opened.st_uid) == owners.end()) {
+    why = "it is owned by uid " + std::to_string(opened.st_uid) + ", who may not stage deploys of this target";
+  } else {
+    json::value doc = json::parse(text, ec);
+    if (ec || !doc.is_object()) {
+      why = "it is not a JSON object";
+    } else {
+      const auto& obj = doc.as_object();
+      to = string_field(obj, "to");
+      requested_by = one_line(string_field(obj, "requested_by"));
+      note = one_line(string_field(obj, "reason"));
+      now = obj.contains("now") && obj.at("now").is_bool() && obj.at("now").as_bool();
+    }
+  }
+  // Taken: from here on the request lives in memory and in the deploy's record.
+  std::error_code ignored;
+  fs::remove(file, ignored);
+  if (to.empty() && why.empty()) to = status_.last_known_good.empty() ? fallback_commit_ : status_.last_known_good;
+  if (to.empty() && why.empty()) why = "there is no known-good commit to revert to; name one with --to";
+  if (why.empty()) {
+    HeadCommit resolved = co_await actions_.resolve_commit(to);
+    if (!resolved.error.empty()) why = resolved.error;
+    to = resolved.commit;
+  }
+  HeadCommit head;
+  if (why.empty()) {
+    head = co_await actions_.head();
+    if (!head.error.empty()) why = head.error;
+  }
+  if (!why.empty()) {
+    const std::string reason = "operator's revert request refused: " + why;
+    finish(Outcome{"rejected", to, reason, now_utc(), {}});  // recorded before it is logged
+    spdlog::error("{}: {}", target_.name, reason);
+    co_return Next::refused;
+  }
+  deploy.operator_revert = true;
+  deploy.revert_now = now;
+  deploy.commit = head.commit;
+  deploy.previous_known_good = to;
+  deploy.marker.staged_by = requested_by;
+  deploy.failure_reason = std::string(kOperatorRevert) + "revert to " + short_sha(to) + " requested" +
+                          (requested_by.empty() ? std::string() : " by " + requested_by) +
+                          (note.empty() ? std::string() : ": " + note);
+  deploy.started_at = now_utc();
+  spdlog::warn("{}: {} ({}); running {} now", target_.name, deploy.failure_reason,
+               now ? "now, without waiting for idle" : "through the idle gate", short_sha(head.commit));
+  co_return Next::deploy;
+}
+
+asio::awaitable<void> DeployMachine::operator_revert(Deploy& deploy) {
+  if (target_.idle && !deploy.revert_now) {
+    co_await wait_until_idle(deploy);
+  } else {
+    deploy.permit = co_await permit_without_lease();
+  }
+  // "reverting" refuses holds from here on: the lease lock is not kept through the reset and build.
+  enter(Phase::reverting, deploy.previous_known_good, deploy.failure_reason);
+  deploy.permit = {};
+  Verdict why{false, deploy.failure_reason, {}};
+  co_await revert(deploy, std::move(why));
 }
 
 }  // namespace sentinel

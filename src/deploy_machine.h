@@ -24,6 +24,7 @@
 namespace sentinel {
 
 struct LeaseView;
+class MetricsFile;
 
 /// Leave to restart production, given while no agent holds the target's lease. While `hold_off`
 /// lives, `deploy-sentinel hold` waits: keep it until the phase "restarting" is recorded, so
@@ -60,6 +61,9 @@ class TargetActions {
   virtual boost::asio::awaitable<PreflightResult> preflight(PreflightRun run) {
     co_return co_await run_preflight(std::move(run));
   }
+  /// `rev` as the full SHA of a commit in the checkout, or an error (an operator's revert target).
+  /// Without a checkout to ask (unit tests), a full SHA is taken as it is.
+  virtual boost::asio::awaitable<HeadCommit> resolve_commit(std::string rev);
 };
 
 /// TargetActions for real: the configured commands as subprocesses, HTTP or command probes, git.
@@ -79,6 +83,7 @@ class TargetProcesses final : public TargetActions {
   Listeners listeners(std::uint16_t port) override;
   boost::asio::awaitable<HeadCommit> head() override;
   boost::asio::awaitable<RunResult> reset_to(std::string commit) override;
+  boost::asio::awaitable<HeadCommit> resolve_commit(std::string rev) override;
 
  private:
   RunSpec spec_for(const CommandSpec& command, const std::string& role) const;
@@ -124,6 +129,9 @@ class DeployMachine {
   void request_stop();
 
   Phase phase() const { return phase_; }
+
+  /// Where outcomes and probes are counted (the daemon's metrics file); nullptr = nowhere.
+  void set_metrics(MetricsFile* metrics) { metrics_ = metrics; }
 
   /// How long to wait before trying again after an error that looking again at once would not
   /// fix (5 s; tests shorten it).
@@ -235,6 +243,17 @@ class DeployMachine {
   void note_waiting(const std::string& why);
   /// When to look again between deploys, without a poke.
   Clock::time_point next_look() const;
+  /// When the next agent cycle falls due, UTC ("" without [target.cycle]; now when it is due), for `status`.
+  std::string next_cycle_utc() const;
+  /// Takes `.deploy-revert-request` (written by `deploy-sentinel revert`) as a deploy that reverts
+  /// production to the requested commit; a request that cannot be carried out is refused and removed.
+  boost::asio::awaitable<Next> take_revert_request(Deploy& deploy);
+  /// The operator's revert: the idle gate (unless asked for now), then the revert path.
+  boost::asio::awaitable<void> operator_revert(Deploy& deploy);
+  /// After an outcome is recorded: starts its hook (detached) and updates the metrics.
+  void after_outcome(const Outcome& outcome);
+  /// Counts a health probe in the metrics.
+  void note_probe(bool healthy, Duration latency);
 
   const TargetConfig& target_;
   const StateStore& store_;
@@ -267,6 +286,8 @@ class DeployMachine {
   std::future<void> record_sync_;      // the fsync of the last restart's record
   std::future<void> known_good_sync_;  // the deployed commit staged as known-good
   std::future<void> history_sync_;     // the fsync of the last history line
+  MetricsFile* metrics_ = nullptr;
+  std::string running_commit_;    // what production runs as far as outcomes tell, for hooks' DEPLOY_PREVIOUS
 };
 
 /// "waiting-idle" etc.

@@ -114,6 +114,30 @@ boost::asio::awaitable<RunResult> git_reset_hard(std::filesystem::path checkout,
   co_return co_await run_command(std::move(spec));
 }
 
+boost::asio::awaitable<HeadCommit> git_resolve_commit(std::filesystem::path checkout, std::string rev) {
+  if (rev.empty() || rev.starts_with('-')) co_return HeadCommit{{}, "\"" + rev + "\" is not a commit"};
+  RunSpec spec;
+  spec.argv = git_argv(checkout, {"rev-parse", "--verify", "--quiet", rev + "^{commit}"});
+  spec.timeout = 30s;
+  spec.tail_lines = 5;
+  RunResult r = co_await run_command(std::move(spec));
+  if (r.ok() && !r.tail.empty() && r.tail.back().size() == 40 && looks_like_commit(r.tail.back())) {
+    co_return HeadCommit{r.tail.back(), {}};
+  }
+  if (r.end == RunResult::End::exited && r.code == 1) {
+    co_return HeadCommit{{}, rev + " is not a commit in " + checkout.string()};
+  }
+  std::string why = r.tail.empty() ? r.describe() : r.describe() + ": " + r.tail.back();
+  co_return HeadCommit{{}, "cannot look up " + rev + " in " + checkout.string() + " (git " + why + ")"};
+}
+
+HeadCommit git_resolve_commit_now(const std::filesystem::path& checkout, const std::string& rev) {
+  asio::io_context ctx;
+  auto result = asio::co_spawn(ctx, git_resolve_commit(checkout, rev), asio::use_future);
+  while (result.wait_for(std::chrono::seconds(0)) != std::future_status::ready) ctx.run_one();
+  return result.get();
+}
+
 HeadCommit git_head_now(const std::filesystem::path& checkout) {
   asio::io_context ctx;
   auto result = asio::co_spawn(ctx, git_head(checkout), asio::use_future);

@@ -28,6 +28,11 @@ boost::asio::awaitable<HeadCommit> git_head(std::filesystem::path checkout);
 boost::asio::awaitable<RunResult> git_reset_hard(std::filesystem::path checkout, std::string commit,
                                                  std::string log_tag);
 
+/// `rev` (a SHA, full or abbreviated, or any revision git understands) as the full SHA of a
+/// commit that exists in `checkout`, or an error sentence naming the checkout.
+boost::asio::awaitable<HeadCommit> git_resolve_commit(std::filesystem::path checkout, std::string rev);
+/// git_resolve_commit for command-line tools.
+HeadCommit git_resolve_commit_now(const std::filesystem::path& checkout, const std::string& rev);
 /// git_head for command-line tools that have no event loop of their own.
 HeadCommit git_head_now(const std::filesystem::path& checkout);
 

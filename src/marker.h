@@ -24,6 +24,7 @@ inline constexpr std::string_view rejected = ".deploy-rejected";        // why t
 inline constexpr std::string_view rejected_marker = ".deploy-rejected.marker";  // the refused marker itself
 inline constexpr std::string_view reverted = ".deploy-reverted";        // why the last deploy was reverted
 inline constexpr std::string_view failed = ".deploy-failed";            // revert failed: target quarantined
+inline constexpr std::string_view revert_request = ".deploy-revert-request";  // operator: `deploy-sentinel revert`
 }  // namespace marker_file
 
 /// Markers larger than this are refused unread.

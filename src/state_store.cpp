@@ -1,6 +1,7 @@
 #include "state_store.h"
 
 #include "config.h"
+#include "history.h"
 #include "lease.h"
 #include "marker.h"
 
@@ -148,7 +149,7 @@ error_code StateStore::promote_known_good(const std::string& target, const std::
 error_code StateStore::write_status(const std::string& target, const TargetStatus& s) const {
   json::object doc{{"name", target},       {"phase", s.phase},   {"since", s.since},
                    {"commit", s.commit},   {"detail", s.detail}, {"last_known_good", s.last_known_good},
-                   {"confirm", s.confirm},  {"pid", ::getpid()}};
+                   {"confirm", s.confirm},  {"pid", ::getpid()}, {"next_cycle", s.next_cycle}};
   doc["last_outcome"] = s.last_outcome ? json::value(outcome_json(*s.last_outcome)) : json::value(nullptr);
   return write_file_atomic(target_dir(target) / "status.json", json::serialize(doc) + "\n", false);
 }
@@ -167,6 +168,7 @@ std::optional<TargetStatus> StateStore::read_status(const std::string& target) c
   s.detail = string_field(obj, "detail");
   s.last_known_good = string_field(obj, "last_known_good");
   s.confirm = string_field(obj, "confirm");
+  s.next_cycle = string_field(obj, "next_cycle");
   if (auto it = obj.find("last_outcome"); it != obj.end() && it->value().is_object()) {
     s.last_outcome = outcome_from(it->value().as_object());
   }
@@ -174,17 +176,10 @@ std::optional<TargetStatus> StateStore::read_status(const std::string& target) c
 }
 
 error_code StateStore::append_history(const std::string& target, const Outcome& outcome, bool sync) const {
-  const fs::path file = target_dir(target) / "history.jsonl";
-  int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0644);
-  if (fd < 0) return error_code(errno, boost::system::system_category());
-  const std::string line = json::serialize(outcome_json(outcome)) + "\n";
-  error_code ec;
-  if (::write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size()) || (sync && ::fsync(fd) != 0)) {
-    ec = error_code(errno, boost::system::system_category());
-  }
-  ::close(fd);
-  return ec;
+  return append_history_line(history_file(target), outcome, kHistoryMaxBytes, sync);
 }
+
+fs::path StateStore::history_file(const std::string& target) const { return target_dir(target) / "history.jsonl"; }
 
 std::string Pause::describe() const {
   std::string text = "paused";
@@ -239,7 +234,7 @@ error_code StateStore::set_last_deploy_restart(const std::string& target, std::c
 }
 
 error_code StateStore::sync_history(const std::string& target) const {
-  const fs::path file = target_dir(target) / "history.jsonl";
+  const fs::path file = history_file(target);
   int fd = ::open(file.c_str(), O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0) return error_code(errno, boost::system::system_category());
   error_code ec;

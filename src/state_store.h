@@ -15,7 +15,8 @@ namespace sentinel {
 
 /// How one deploy ended.
 struct Outcome {
-  std::string result;  // "deployed", "reverted", "failed", "rejected", "recovered" (the monitor's restart)
+  std::string result;  // "deployed", "reverted", "failed", "rejected", "recovered" (the monitor's restart),
+                       // "cycle" (the cycle command started one), "cycle-failed" (it could not)
   std::string commit;  // full SHA (the marker's, as written, for "rejected"; may be empty)
   std::string reason;  // one sentence; empty for "deployed"
   std::string at;      // UTC, ISO 8601
@@ -31,6 +32,7 @@ struct TargetStatus {
   std::string last_known_good;
   std::string confirm;           // how a healthy answer is known to come from the new process
   std::optional<Outcome> last_outcome;
+  std::string next_cycle;        // UTC time the next agent cycle falls due; "" when none is scheduled
 };
 
 /// The last known-good commit as read from state_dir, with what was wrong on the way.
@@ -79,10 +81,13 @@ class StateStore {
   /// nullopt when the daemon never wrote one (or it is unreadable).
   std::optional<TargetStatus> read_status(const std::string& target) const;
 
-  /// Appends one JSON line to the target's history, fsynced unless `sync` is false (then
-  /// sync_history() makes it durable, on another thread if the caller likes).
+  /// Appends one JSON line to the target's history (history_file), rotated when it grows past
+  /// kHistoryMaxBytes (history.h); fsynced unless `sync` is false (then sync_history() makes it
+  /// durable, on another thread if the caller likes).
   boost::system::error_code append_history(const std::string& target, const Outcome& outcome,
                                            bool sync = true) const;
+  /// `targets/<name>/history.jsonl`: read it with read_history (history.h).
+  std::filesystem::path history_file(const std::string& target) const;
   boost::system::error_code sync_history(const std::string& target) const;
 
   /// The pause of `target` in force at `now`: nullopt when there is none or it has ended. A pause

@@ -284,7 +284,7 @@ TEST_CASE("an unknown key with no close match lists the valid keys") {
   CHECK(error_in(R"(
 [sentinel]
 colour = true
-)") == "/etc/ds.toml:2:1: sentinel.colour: unknown key (valid keys here: state_dir, log_level)");
+)") == "/etc/ds.toml:2:1: sentinel.colour: unknown key (valid keys here: state_dir, log_level, metrics_file)");
 }
 
 TEST_CASE("unknown keys are rejected in every table") {
@@ -295,7 +295,7 @@ TEST_CASE("unknown keys are rejected in every table") {
   SUBCASE("target") {
     CHECK(error_in(kMinimalTarget + "verbose = true\n") ==
           "/etc/ds.toml:7:1: target[1].verbose: unknown key (valid keys here: name, marker_dir, "
-          "checkout, restart, build, health, idle, cycle, monitor, env, allowed_owners, window, min_interval, preflight)");
+          "checkout, restart, build, health, idle, cycle, monitor, env, allowed_owners, window, min_interval, preflight, hooks)");
   }
   SUBCASE("restart") {
     CHECK(error_in(R"(
@@ -1042,6 +1042,37 @@ health = "https://127.0.0.1:{port}/health"
 [target.preflight]
 health = "http://127.0.0.1:{port}/health"
 )") == "/etc/ds.toml:8:1: target[1].preflight.command: required key missing");
+}
+
+TEST_CASE("hooks and the metrics file are read with their defaults") {
+  const Config config = parse(R"(
+[sentinel]
+metrics_file = "/var/lib/node_exporter/textfile_collector/deploy-sentinel.prom"
+)" + kMinimalTarget + R"(
+[target.hooks]
+on_deployed = ["/usr/local/bin/notify", "deployed"]
+on_failed = ["page-someone"]
+)");
+  CHECK(config.metrics_file == "/var/lib/node_exporter/textfile_collector/deploy-sentinel.prom");
+  REQUIRE(config.targets[0].hooks.has_value());
+  const HooksConfig& hooks = *config.targets[0].hooks;
+  CHECK(hooks.on_deployed == std::vector<std::string>{"/usr/local/bin/notify", "deployed"});
+  CHECK(hooks.on_failed == std::vector<std::string>{"page-someone"});
+  CHECK(hooks.on_reverted.empty());
+  CHECK(hooks.on_recovered.empty());
+  CHECK(hooks.timeout == 30s);
+  CHECK(parse(kMinimalTarget).metrics_file.empty());
+  CHECK_FALSE(parse(kMinimalTarget).targets[0].hooks.has_value());
+}
+
+TEST_CASE("a hook that is not an argv array, an unknown hook and a zero hook timeout are errors at their position") {
+  CHECK(error_in(kMinimalTarget + "\n[target.hooks]\non_deployed = \"notify-send\"\n") ==
+        "/etc/ds.toml:9:15: target[1].hooks.on_deployed: expected an array of strings, like "
+        "[\"systemctl\", \"restart\", \"app\"]");
+  CHECK(error_in(kMinimalTarget + "\n[target.hooks]\non_deploy = [\"x\"]\n") ==
+        "/etc/ds.toml:9:1: target[1].hooks.on_deploy: unknown key (did you mean \"on_deployed\"?)");
+  CHECK(error_in(kMinimalTarget + "\n[target.hooks]\ntimeout = \"0s\"\n") ==
+        "/etc/ds.toml:9:11: target[1].hooks.timeout: must be longer than zero, like \"1s\"");
 }
 
 }  // namespace sentinel

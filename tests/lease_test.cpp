@@ -416,7 +416,7 @@ TEST_CASE("a status watch wakes when the daemon writes the target's status") {
   store.prepare({"prod"});
   StatusWatch watch(store, "prod");
   REQUIRE(watch.warning().empty());
-  REQUIRE_FALSE(store.write_status("prod", TargetStatus{"watching", "", "", "", "", "", std::nullopt}));
+  REQUIRE_FALSE(store.write_status("prod", TargetStatus{"watching", "", "", "", "", "", std::nullopt, ""}));
   const auto start = std::chrono::steady_clock::now();
   watch.wait(30s);  // the event, not the timeout, must end this
   CHECK(std::chrono::steady_clock::now() - start < 10s);
