@@ -1760,6 +1760,40 @@ asio::awaitable<DeployMachine::Gate> DeployMachine::preflight_and_idle(Deploy& d
   co_return idle_gate;
 }
 
+asio::awaitable<bool> DeployMachine::checkout_may_be_reset(Deploy& deploy) {
+  // The agent works in this checkout: a reset in the middle of its cycle would throw away what it
+  // has not committed yet. Wait until it is idle, and take the permit as a restart does, so that
+  // a `hold` from now until the checkout is back is refused ("reverting").
+  if (target_.idle) {
+    bool said = false;
+    for (;;) {
+      IdleAnswer answer = co_await actions_.idle();
+      if (answer.state == IdleAnswer::State::idle) {
+        deploy.permit = actions_.permit_restart(false);
+        if (deploy.permit.granted) break;
+        answer.reason = deploy.permit.why;
+        deploy.permit = {};
+      }
+      if (!said) {
+        spdlog::info("{}: putting the checkout back on {} once the agent is idle ({})", target_.name,
+                     short_sha(deploy.previous_known_good), answer.reason);
+        said = true;
+      }
+      co_await wait_for_poke(Clock::now() + target_.idle->interval);
+    }
+  }
+  enter(Phase::reverting, deploy.previous_known_good, "putting the checkout back after a failed pre-flight");
+  // Commits the agent made on top of the refused one are its answer to it: not thrown away.
+  HeadCommit head = co_await actions_.head();
+  if (head.error.empty() && head.commit != deploy.commit) {
+    deploy.permit = {};
+    spdlog::warn("{}: HEAD moved from {} to {} since the pre-flight; the checkout is left as it is", target_.name,
+                 short_sha(deploy.commit), short_sha(head.commit));
+    co_return false;
+  }
+  co_return true;
+}
+
 asio::awaitable<void> DeployMachine::reject_after_preflight(Deploy& deploy, const PreflightResult& result) {
   deploy.permit = {};
   const std::string reason = "pre-flight of " + short_sha(deploy.commit) + " failed: " + result.reason;
@@ -1770,8 +1804,9 @@ asio::awaitable<void> DeployMachine::reject_after_preflight(Deploy& deploy, cons
   if (good.empty()) {
     spdlog::warn("{}: no known-good commit to put the checkout back on; it stays on {}", target_.name,
                  short_sha(deploy.commit));
-  } else {
+  } else if (co_await checkout_may_be_reset(deploy)) {
     RunResult reset = co_await actions_.reset_to(good);
+    deploy.permit = {};
     if (!reset.ok()) {
       spdlog::error("{}: cannot put the checkout back on {}: git reset --hard {}; it stays on {}", target_.name,
                     short_sha(good), reset.describe(), short_sha(deploy.commit));

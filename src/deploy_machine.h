@@ -203,6 +203,9 @@ class DeployMachine {
   void log_claim(Deploy& deploy);
   /// The wait for idle, with the pre-flight (when configured and not yet passed) beside it.
   boost::asio::awaitable<Gate> preflight_and_idle(Deploy& deploy);
+  /// After a failed pre-flight: waits until the agent is idle (holding the permit from then on) and
+  /// says whether the checkout still holds the refused commit, so that it may be reset.
+  boost::asio::awaitable<bool> checkout_may_be_reset(Deploy& deploy);
   /// A failed pre-flight: the checkout back on known-good and built, `.deploy-rejected`, a cycle owed.
   boost::asio::awaitable<void> reject_after_preflight(Deploy& deploy, const PreflightResult& result);
   /// Restarts production on the deploy's commit, or on its previous known-good when `reverting`.

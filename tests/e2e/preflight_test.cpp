@@ -230,7 +230,34 @@ TEST_CASE("a daemon killed with SIGKILL during a pre-flight leaves no shadow and
   CHECK(prod.restarts().size() == 2);
 }
 
-TEST_CASE("a failed pre-flight while the agent is busy rejects the commit without waiting for the agent") {
+TEST_CASE("a failed pre-flight while the agent is busy says so at once, and puts the checkout back only once the "
+          "agent is idle, so its uncommitted work is not reset under it") {
+  Production::Options options;
+  options.with_idle = true;
+  options.extra = preflight_section("");
+  Production prod(options);
+  write_file(prod.tmp / "busy", "");
+  auto& daemon = prod.start_watching();
+  const std::string good = prod.head();
+  const std::string bad = prod.commit("broken");
+  prod.stage_by_rename();
+  const int failed = daemon.wait_for_line("pre-flight of " + short_sha(bad) + " failed", 20s);
+  REQUIRE(failed >= 0);
+  REQUIRE(daemon.wait_for_line("putting the checkout back on " + short_sha(good) + " once the agent is idle", 10s,
+                               failed) >= 0);
+  write_file(prod.checkout / "agent-scratch.txt", "the agent's uncommitted work\n");
+  CHECK(prod.head() == bad);  // not reset while the agent works
+  CHECK(prod.restarts().size() == 1);
+
+  fs::remove(prod.tmp / "busy");
+  REQUIRE(daemon.wait_for_line("rejected " + short_sha(bad) + " after its pre-flight", 20s, failed) >= 0);
+  CHECK(prod.head() == good);
+  CHECK(prod.restarts().size() == 1);
+  CHECK(!prod.has(".deploy-in-progress"));
+  CHECK(daemon.wait_for_line("restarting production", 500ms) < 0);
+}
+
+TEST_CASE("after a failed pre-flight, commits the agent made on top of the refused one are not reset") {
   Production::Options options;
   options.with_idle = true;
   options.extra = preflight_section("");
@@ -239,16 +266,12 @@ TEST_CASE("a failed pre-flight while the agent is busy rejects the commit withou
   auto& daemon = prod.start_watching();
   const std::string bad = prod.commit("broken");
   prod.stage_by_rename();
-  const int rejected = daemon.wait_for_line("rejected " + short_sha(bad) + " after its pre-flight", 20s);
-  if (rejected < 0) for (const auto& l : daemon.lines()) if (l.find("idle-check") == std::string::npos) MESSAGE(l);
-  REQUIRE(rejected >= 0);
-  CHECK(fs::exists(prod.tmp / "busy"));
-  CHECK(prod.restarts().size() == 1);
-  CHECK(!prod.has(".deploy-in-progress"));
-  // The idle wait was cancelled with it: no more idle checks for a deploy that is over.
-  const int checks = daemon.count_lines("idle-check");
-  CHECK(daemon.wait_for_line("restarting production", 500ms) < 0);
-  CHECK(daemon.count_lines("idle-check") == checks);
+  REQUIRE(daemon.wait_for_line("once the agent is idle", 20s) >= 0);
+  const std::string fix = prod.commit("healthy");  // the agent's next commit, not staged yet
+  fs::remove(prod.tmp / "busy");
+  REQUIRE(daemon.wait_for_line("HEAD moved from " + short_sha(bad) + " to " + short_sha(fix), 20s) >= 0);
+  REQUIRE(daemon.wait_for_line("rejected " + short_sha(bad) + " after its pre-flight", 20s) >= 0);
+  CHECK(prod.head() == fix);
 }
 
 TEST_CASE("a newer marker staged during a pre-flight cancels it and the new commit gets its own pre-flight") {
