@@ -191,11 +191,22 @@ int run_daemon(const Config& first) {
   // meets a default disposition in between.
   asio::io_context ctx;
   asio::signal_set signals(ctx, SIGTERM, SIGINT, SIGHUP);
-  std::unique_ptr<Config> next = run_targets(ctx, signals, first);
+  Config current = first;
+  std::unique_ptr<Config> next = run_targets(ctx, signals, current);
   while (next) {
-    const Config config = std::move(*next);
-    setup_logging(config.log_level);
-    next = run_targets(ctx, signals, config);
+    // A config can parse and still not run (a marker directory that does not exist): then the
+    // one that ran goes on, as a bad file is kept out.
+    try {
+      setup_logging(next->log_level);
+      std::unique_ptr<Config> after = run_targets(ctx, signals, *next);
+      current = std::move(*next);
+      next = std::move(after);
+    } catch (const StartupError& e) {
+      setup_logging(current.log_level);
+      spdlog::error("SIGHUP: cannot apply {}: {}; going on with the config that ran", next->source.string(),
+                    e.what());
+      next = run_targets(ctx, signals, current);
+    }
   }
   return 0;
 }

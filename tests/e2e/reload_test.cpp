@@ -80,3 +80,22 @@ TEST_CASE("SIGTERM after SIGHUP stops the daemon instead of reloading, with exit
   CHECK(daemon.count_lines("stopping instead of reloading") == 1);
   CHECK(daemon.count_lines("watching 1 target") == 1);
 }
+
+TEST_CASE("SIGHUP with a config that parses but cannot run goes on with the config that ran") {
+  Production prod;
+  auto& daemon = prod.start_watching();
+  const std::string good = read_file(prod.config);
+  const std::string missing = (prod.tmp / "no-such-dir").string();
+  std::string broken = good;
+  broken.replace(broken.find(prod.markers.string()), prod.markers.string().size(), missing);
+  write_file(prod.config, broken);
+  REQUIRE(::kill(daemon.pid(), SIGHUP) == 0);
+  const int fell_back = daemon.wait_for_line("SIGHUP: cannot apply " + prod.config.string());
+  REQUIRE(fell_back >= 0);
+  CHECK(daemon.lines()[static_cast<std::size_t>(fell_back)].find(missing) != std::string::npos);
+  REQUIRE(daemon.wait_for_line("prod: watching " + prod.markers.string(), 10s, fell_back) >= 0);
+
+  std::string sha = prod.commit("healthy");
+  prod.stage_by_rename();
+  REQUIRE(daemon.wait_for_line("deployed " + short_sha(sha), 10s, fell_back) >= 0);
+}
