@@ -362,6 +362,7 @@ struct DeployMachine::Deploy {
   unsigned long long preflight_start = 0;   // its start time (clock ticks since boot)
   std::string preflight_data;               // its {data}
   bool preflight_passed = false;            // the pre-flight vouched for `commit`
+  bool ignore_holds = false;                // an operator's revert: pauses and windows do not hold it
 
   /// "deploy of 3f2c1a9e0b4d" or "recovery of production on 3f2c1a9e0b4d", for messages.
   std::string subject() const {
@@ -407,11 +408,14 @@ void DeployMachine::enter(Phase phase, const std::string& commit, const std::str
 }
 
 void DeployMachine::finish(const Outcome& outcome) {
-  // Written at once, so whoever sees the outcome finds it there; fsynced on a thread of its own.
+  // Written at once, so whoever sees the outcome finds it there; fsynced on a thread of its own,
+  // after the previous line's (a rotation in between would leave that one unsynced).
+  if (history_sync_.valid()) history_sync_.wait();
   if (auto ec = store_.append_history(target_.name, outcome, false)) {
     spdlog::warn("{}: cannot append to history in {}: {}", target_.name, store_.dir().string(), ec.message());
   } else {
-    history_sync_ = in_background([&store = store_, name = target_.name] { store.sync_history(name); });
+    // The store by value: a thread still running at shutdown must not outlive what it uses.
+    history_sync_ = in_background([store = store_, name = target_.name] { store.sync_history(name); });
   }
   if (outcome.result != "rejected" && !outcome.result.starts_with("cycle")) status_.last_outcome = outcome;
   after_outcome(outcome);
@@ -821,7 +825,7 @@ asio::awaitable<DeployMachine::Gate> DeployMachine::wait_until_idle(Deploy& depl
       co_return Gate::outage;
     }
     // The window may close, or a pause begin, while the agent works: wait for them again.
-    if (!holds().none()) co_return Gate::held;
+    if (!deploy.ignore_holds && !holds().none()) co_return Gate::held;
     IdleAnswer answer = co_await actions_.idle();
     if (idle.max_wait && !waited_too_long && since(waiting_since) >= *idle.max_wait) {
       waited_too_long = true;
@@ -1000,6 +1004,8 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::restart_and_verify(Deploy
   // a crash. A revert goes on regardless: production is down on a failed commit.
   fs::path old_record;
   if (auto ec = write_record(deploy, false, &old_record); ec && !reverting) {
+    deploy.permit = {};  // not held through the retry's wait: `hold` and `pause` go on meanwhile
+    deploy.pause_lock.reset();
     throw RecordUnwritable{"cannot record the restart of " + short_sha(commit) + " in " + record.string() + " (" +
                            ec.message() + "), so the deploy waits"};
   }
@@ -1039,7 +1045,7 @@ asio::awaitable<DeployMachine::Verdict> DeployMachine::restart_and_verify(Deploy
     record_sync_ = in_background([record] { make_durable(record); });
     // Should the commit prove healthy, recording it as known-good then costs one fsync, not two.
     if (!reverting) {
-      known_good_sync_ = in_background([&store = store_, name = target_.name, c = commit] {
+      known_good_sync_ = in_background([store = store_, name = target_.name, c = commit] {
         store.stage_known_good(name, c);
       });
     }
@@ -1463,6 +1469,15 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
       co_await wait_for_permit(deploy);
       HeadCommit head = co_await actions_.head();
       if (head.error.empty() && head.commit != deploy.commit) {
+        // A pre-flight (or the marker's commit) vouched for the commit of the record, not for HEAD.
+        if (target_.preflight || !deploy.marker.commit.empty()) {
+          deploy.permit = {};
+          reject(marker_file::in_progress,
+                 "HEAD moved from " + deploy.commit + " to " + head.commit + " while the sentinel was stopped in the "
+                 "middle of its restart; stage again",
+                 deploy.marker.text, deploy.marker.commit);
+          co_return;
+        }
         spdlog::warn("{}: HEAD moved from {} to {} since the interrupted restart; restarting on {}", target_.name,
                      short_sha(deploy.commit), short_sha(head.commit), short_sha(head.commit));
         deploy.commit = head.commit;
@@ -1527,6 +1542,7 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
 }
 
 asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
+  if (known_good_sync_.valid()) known_good_sync_.wait();  // its known-good.bak write must not race ours
   const std::string& target = deploy.previous_known_good;
   std::vector<std::string> revert_output;  // the last lines of the revert step that failed
   auto give_up = [&](std::string why) {
@@ -1705,10 +1721,11 @@ asio::awaitable<DeployMachine::Gate> DeployMachine::preflight_and_idle(Deploy& d
   auto idle_branch = [&]() -> asio::awaitable<void> {
     if (!target_.idle) co_return;
     idle_gate = co_await wait_until_idle(deploy);
-    if (idle_gate == Gate::go && !preflight_done) {
-      // Idle came first: the permit blocks `hold`, so it is not kept while the pre-flight runs.
+    if (idle_gate != Gate::held && !preflight_done) {
+      // Idle (or an outage) came first: the permit blocks `hold`, so it is not kept while the
+      // pre-flight runs.
       deploy.permit = {};
-      idle_again = true;
+      idle_again = idle_gate == Gate::go;
     }
   };
   std::optional<PreflightResult> failed;
@@ -1753,6 +1770,7 @@ asio::awaitable<DeployMachine::Gate> DeployMachine::preflight_and_idle(Deploy& d
     co_return Gate::over;
   }
   deploy.preflight_passed = true;  // a hold that sends the deploy back to waiting does not run it again
+  if (idle_gate == Gate::outage && !deploy.permit.granted) deploy.permit = co_await permit_without_lease();
   if (idle_again) {
     spdlog::info("{}: pre-flight of {} passed; waiting for idle once more", target_.name, short_sha(deploy.commit));
     idle_gate = co_await wait_until_idle(deploy);
@@ -1900,6 +1918,9 @@ asio::awaitable<DeployMachine::Next> DeployMachine::take_revert_request(Deploy& 
 
 asio::awaitable<void> DeployMachine::operator_revert(Deploy& deploy) {
   if (target_.idle && !deploy.revert_now) {
+    // The operator asked for it: pauses, windows and min_interval hold deploys, not this; the
+    // agent's cycle is still waited for.
+    deploy.ignore_holds = true;
     co_await wait_until_idle(deploy);
   } else {
     deploy.permit = co_await permit_without_lease();

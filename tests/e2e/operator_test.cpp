@@ -361,3 +361,24 @@ TEST_CASE("the metrics file counts deploys by result and shows the last probe, i
   for ([[maybe_unused]] const auto& entry : fs::directory_iterator(metrics.parent_path())) ++files;
   CHECK(files == 1);
 }
+
+TEST_CASE("an operator's revert during a pause still waits for the agent to be idle, and is not held by the pause") {
+  Production::Options o;
+  o.with_idle = true;
+  Production prod(o);
+  auto& daemon = prod.start_watching();
+  const std::string good = prod.commit("slow:10");
+  prod.stage_by_rename();
+  REQUIRE(daemon.wait_for_line("deployed " + short_sha(good)) >= 0);
+  REQUIRE(prod.cli({"pause", "--reason", "investigating"}).status == 0);
+  const std::string later = prod.commit("healthy");
+  write_file(prod.tmp / "busy", "");
+  const int before = static_cast<int>(daemon.lines().size());
+  REQUIRE(prod.cli({"revert"}).status == 0);
+  REQUIRE(daemon.wait_for_line("idle command says busy", 10s, before) >= 0);
+  CHECK(prod.head() == later);  // the checkout is not reset under the busy agent
+  CHECK(daemon.count_lines("reverted " + short_sha(later)) == 0);
+  fs::remove(prod.tmp / "busy");
+  REQUIRE(daemon.wait_for_line("reverted " + short_sha(later) + " to " + short_sha(good), 10s, before) >= 0);
+  CHECK(prod.head() == good);
+}
