@@ -29,6 +29,7 @@ namespace asio = boost::asio;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using namespace sentinel;
+using sentinel::test::shadow_service;
 
 /// Runs `coro` to completion on `ctx` (other work spawned on it runs alongside).
 template <typename T>
@@ -119,7 +120,7 @@ TEST_CASE("namespaces can be created here, so an isolated pre-flight is allowed"
 
 TEST_CASE("a service that answers healthy inside its sandbox passes pre-flight, and its data directory is removed") {
   Rig rig;
-  rig.config.command = {"sh", "-c", std::string("exec ") + FAKE_SERVICE + " serve --port $PORT --mode healthy"};
+  rig.config.command = {"sh", "-c", std::string("exec ") + shadow_service() + " serve --port $PORT --mode healthy"};
   const PreflightResult result = rig.go();
   CHECK_MESSAGE(result.healthy, result.reason);
   REQUIRE(!rig.data_seen.empty());
@@ -127,7 +128,7 @@ TEST_CASE("a service that answers healthy inside its sandbox passes pre-flight, 
   CHECK(rig.data_seen.filename().string().starts_with("prod-"));
   CHECK(!fs::exists(rig.data_seen));
   CHECK(rig.pid_seen > 0);
-  CHECK(all_gone(std::string(FAKE_SERVICE) + " serve --port"));
+  CHECK(all_gone(shadow_service() + " serve --port"));
 }
 
 TEST_CASE("a service that exits at start-up fails pre-flight with its exit status and the tail of its output") {
@@ -145,7 +146,7 @@ TEST_CASE("a service never healthy fails pre-flight at the deadline, and a child
   rig.config.deadline = 1500ms;
   const std::string marker = "317.25";  // names the setsid child in the host's process list
   rig.config.command = {"sh", "-c",
-                        "setsid sleep " + marker + " & exec " + FAKE_SERVICE + " serve --port $PORT --mode unhealthy"};
+                        "setsid sleep " + marker + " & exec " + shadow_service() + " serve --port $PORT --mode unhealthy"};
   asio::io_context ctx;
   bool child_seen = false;
   bool done = false;
@@ -191,7 +192,7 @@ std::string probe_sandbox(bool isolate) {
   Rig rig;
   HostServer host;
   // Production's data outside /tmp, so that the sandbox's private /tmp does not simply hide it.
-  const fs::path production = fs::path(FAKE_SERVICE).parent_path() / ("preflight-prod-data-" + std::to_string(::getpid()));
+  const fs::path production = fs::path(shadow_service()).parent_path() / ("preflight-prod-data-" + std::to_string(::getpid()));
   fs::create_directories(production);
   test::write_file(production / "app.db", "production rows\n");
   rig.config.isolate = isolate;

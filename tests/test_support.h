@@ -15,8 +15,8 @@ namespace sentinel::test {
 /// A fresh directory under /tmp, removed with everything in it at scope exit.
 class TempDir {
  public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "sentinel-test-XXXXXX").string();
+  explicit TempDir(const std::filesystem::path& base = std::filesystem::temp_directory_path()) {
+    std::string pattern = (base / "sentinel-test-XXXXXX").string();
     if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
     path_ = pattern;
   }
@@ -44,5 +44,20 @@ inline std::string read_file(const std::filesystem::path& file) {
   buf << in.rdbuf();
   return buf.str();
 }
+
+#ifdef FAKE_SERVICE
+/// fake-service copied, once per test process, into a directory outside /tmp that lives as long
+/// as the process: a pre-flight sandbox mounts a private /tmp, which would hide a build (and a
+/// test's files) under /tmp, as in a CI clone there. Files beside it are outside /tmp too.
+inline const std::string& shadow_service() {
+  static TempDir dir("/var/tmp");
+  static const std::string path = [] {
+    const std::filesystem::path copy = dir / "fake-service";
+    std::filesystem::copy_file(FAKE_SERVICE, copy, std::filesystem::copy_options::overwrite_existing);
+    return copy.string();
+  }();
+  return path;
+}
+#endif
 
 }  // namespace sentinel::test

@@ -34,7 +34,7 @@ json::object last_outcome(Production& prod) {
 /// `mode` (a shell word: "$(cat service-mode)" is the mode of the staged commit).
 std::string preflight_section(const std::string& before, const std::string& mode = "$(cat service-mode)",
                               const std::string& deadline = "10s") {
-  return "\n[target.preflight]\ncommand = [\"sh\", \"-c\", \"" + before + "exec " + FAKE_SERVICE +
+  return "\n[target.preflight]\ncommand = [\"sh\", \"-c\", \"" + before + "exec " + shadow_service() +
          " serve --port $PORT --mode " + mode + "\"]\nenv = { PORT = \"{port}\" }\n"
          "health = \"http://127.0.0.1:{port}/health\"\ngrace = \"100ms\"\ninterval = \"50ms\"\nsuccesses = 2\n"
          "deadline = \"" + deadline + "\"\n";
@@ -136,7 +136,7 @@ TEST_CASE("a commit that starts but never becomes healthy is rejected at the pre
 TEST_CASE("an isolated shadow cannot reach production on the host's 127.0.0.1 nor write to the checkout or to "
           "production's data, and production's data is unchanged") {
   // Production's data outside /tmp, so that the sandbox's private /tmp does not simply hide it.
-  const fs::path data = fs::path(FAKE_SERVICE).parent_path() / ("e2e-prod-data-" + std::to_string(::getpid()));
+  const fs::path data = fs::path(shadow_service()).parent_path() / ("e2e-prod-data-" + std::to_string(::getpid()));
   fs::create_directories(data);
   write_file(data / "app.db", "production rows\n");
   Production prod;  // a server on the host's 127.0.0.1 for the shadow to try
