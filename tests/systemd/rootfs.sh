@@ -4,7 +4,7 @@
 # (CI clones afresh each run) and is keyed by ROOTFS_VERSION: change the version when the package
 # list changes. A half-built tree is never used: it is built under a temp name and renamed.
 set -eu
-ROOTFS_VERSION=bookworm-4
+ROOTFS_VERSION=bookworm-5
 cache=${SENTINEL_ROOTFS_CACHE:-/var/cache/deploy-sentinel-test}
 root="$cache/rootfs-$ROOTFS_VERSION"
 if [ -x "$root/lib/systemd/systemd" ]; then
@@ -17,7 +17,7 @@ tmp="$root.tmp.$$"
 trap 'rm -rf "$tmp"' EXIT
 # systemd and dbus to boot; git for the checkout; the sentinel's runtime libraries, so the .deb
 # installs without network; procps for the test's own checks.
-include=systemd,systemd-sysv,dbus,git,procps,libboost-json1.81.0,libspdlog1.10,libfmt9,libtomlplusplus3
+include=systemd,systemd-sysv,dbus,git,procps,libboost-json1.81.0,libspdlog1.10,libfmt9,libtomlplusplus3,libdate-tz3,tzdata
 debootstrap --variant=minbase --include="$include" bookworm "$tmp" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >&2
 # polkitd (for the shipped polkit rule) fails to configure inside debootstrap; apt in a chroot
 # installs it, and man-db (systemd-analyze verify checks Documentation=man:). Nothing is started
