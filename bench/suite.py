@@ -18,6 +18,8 @@ import sys
 import threading
 import time
 
+from peer_driver import field, read  # beside this file: python3 puts a script's own directory on sys.path
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 IN_MODIFY, IN_CREATE, IN_MOVED_TO, IN_DELETE = 0x002, 0x100, 0x080, 0x200
@@ -48,38 +50,6 @@ class Inotify:
 
     def close(self):
         os.close(self.fd)
-
-
-def read(path):
-    with open(path) as f:
-        return f.read()
-
-
-def field(path, key):
-    try:
-        for line in read(path).splitlines():
-            if line.startswith(key):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def proc_tree(root):
-    children = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                ppid = int(read(f"/proc/{d}/stat").rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo += children.get(pid, [])
-    return tree
 
 
 def snapshot(pid):

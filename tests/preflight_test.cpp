@@ -29,6 +29,7 @@ namespace asio = boost::asio;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using namespace sentinel;
+using sentinel::test::processes_with;
 using sentinel::test::shadow_service;
 
 /// Runs `coro` to completion on `ctx` (other work spawned on it runs alongside).
@@ -37,27 +38,6 @@ T run_on(asio::io_context& ctx, asio::awaitable<T> coro) {
   auto result = asio::co_spawn(ctx, std::move(coro), asio::use_future);
   while (result.wait_for(0s) != std::future_status::ready) ctx.run_one();
   return result.get();
-}
-
-/// Host pids whose command line contains `needle`.
-std::vector<pid_t> processes_with(const std::string& needle) {
-  std::vector<pid_t> found;
-  for (const auto& entry : fs::directory_iterator("/proc")) {
-    const std::string name = entry.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream in(entry.path() / "cmdline", std::ios::binary);
-    std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
-    if (cmdline.find(needle) != std::string::npos && static_cast<pid_t>(std::stol(name)) != ::getpid()) {
-      std::ifstream stat(entry.path() / "stat");
-      std::string line;
-      std::getline(stat, line);
-      const auto close = line.rfind(')');
-      if (close != std::string::npos && line.size() > close + 2 && line[close + 2] == 'Z') continue;  // zombie
-      found.push_back(static_cast<pid_t>(std::stol(name)));
-    }
-  }
-  return found;
 }
 
 /// Waits until no process has `needle` in its command line; false after `limit`.

@@ -1,14 +1,19 @@
 #pragma once
-// Small helpers shared by the tests: temporary directories and files.
+// Small helpers shared by the tests: temporary directories and files, processes.
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <stdlib.h>
+#include <sys/types.h>
+#include <unistd.h>
 
 namespace sentinel::test {
 
@@ -43,6 +48,32 @@ inline std::string read_file(const std::filesystem::path& file) {
   std::stringstream buf;
   buf << in.rdbuf();
   return buf.str();
+}
+
+/// True when `pid` no longer runs (gone, or a zombie waiting for its parent).
+inline bool process_gone(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  if (!stat) return true;
+  std::string line;
+  std::getline(stat, line);
+  auto close_paren = line.rfind(')');
+  return close_paren != std::string::npos && close_paren + 2 < line.size() && line[close_paren + 2] == 'Z';
+}
+
+/// Host pids, other than this process, whose command line contains `needle` and that still run
+/// (zombies excluded).
+inline std::vector<pid_t> processes_with(const std::string& needle) {
+  std::vector<pid_t> found;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream in(entry.path() / "cmdline", std::ios::binary);
+    std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+    const pid_t pid = static_cast<pid_t>(std::stol(name));
+    if (cmdline.find(needle) != std::string::npos && pid != ::getpid() && !process_gone(pid)) found.push_back(pid);
+  }
+  return found;
 }
 
 #ifdef FAKE_SERVICE

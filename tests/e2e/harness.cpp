@@ -104,15 +104,6 @@ int free_port() {
   return ntohs(addr.sin_port);
 }
 
-bool process_gone(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  if (!stat) return true;
-  std::string line;
-  std::getline(stat, line);
-  auto close_paren = line.rfind(')');
-  return close_paren != std::string::npos && close_paren + 2 < line.size() && line[close_paren + 2] == 'Z';
-}
-
 // ---- DaemonProcess ----
 
 DaemonProcess::DaemonProcess(const fs::path& config, const fs::path& log_copy, bool as_journal,

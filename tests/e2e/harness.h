@@ -30,9 +30,6 @@ inline std::string short_sha(const std::string& sha) { return sha.substr(0, 12);
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 int free_port();
 
-/// True when `pid` no longer runs (gone, or a zombie waiting for its parent).
-bool process_gone(pid_t pid);
-
 /// The daemon as a child process; its stderr and stdout are read as log lines.
 class DaemonProcess {
  public:

@@ -40,21 +40,6 @@ std::string preflight_section(const std::string& before, const std::string& mode
          "deadline = \"" + deadline + "\"\n";
 }
 
-/// Host pids whose command line contains `needle` (zombies excluded).
-std::vector<pid_t> processes_with(const std::string& needle) {
-  std::vector<pid_t> found;
-  for (const auto& entry : fs::directory_iterator("/proc")) {
-    const std::string name = entry.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream in(entry.path() / "cmdline", std::ios::binary);
-    std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
-    const pid_t pid = static_cast<pid_t>(std::stol(name));
-    if (cmdline.find(needle) != std::string::npos && !process_gone(pid)) found.push_back(pid);
-  }
-  return found;
-}
-
 /// Polls `done` until it holds or `limit` passes.
 template <typename F>
 bool eventually(F done, std::chrono::milliseconds limit = 5s) {
