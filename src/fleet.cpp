@@ -146,7 +146,19 @@ asio::awaitable<Fleet::Attempt> Fleet::try_take_slot(std::string target, std::st
   Attempt attempt;
   auto list = client_->list(key("slot/"));
   std::vector<EtcdKey> taken = co_await std::move(list);
-  for (const EtcdKey& kv : taken) attempt.holders.push_back(holder_from(kv));
+  for (const EtcdKey& kv : taken) {
+    SlotHolder holder = holder_from(kv);
+    if (holder.host == config_.host && holder.target == target) {
+      // This target deploys one commit at a time, and one sentinel runs per host: a slot it
+      // holds now was left by a run that was killed, or whose release did not reach etcd.
+      auto revoke = client_->revoke(kv.lease);
+      co_await std::move(revoke);
+      spdlog::warn("{}: freed fleet slot {}, left by an earlier run on this host (deploying {} since {})", target,
+                   holder.slot, holder.commit.substr(0, 12), holder.since);
+      continue;
+    }
+    attempt.holders.push_back(std::move(holder));
+  }
   std::vector<bool> held(static_cast<std::size_t>(config_.max_restarting), false);
   for (const SlotHolder& holder : attempt.holders) {
     if (holder.slot >= 0 && holder.slot < config_.max_restarting) held[static_cast<std::size_t>(holder.slot)] = true;
