@@ -339,7 +339,7 @@ TEST_CASE("of several unknown keys the first in the file is reported") {
   CHECK(error_in(R"(
 zzz = 1
 aaa = 2
-)") == "/etc/ds.toml:1:1: zzz: unknown key (valid keys here: sentinel, target)");
+)") == "/etc/ds.toml:1:1: zzz: unknown key (valid keys here: sentinel, target, fleet)");
 }
 
 TEST_CASE("a key that needs quotes is shown quoted") {
