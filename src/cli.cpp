@@ -603,7 +603,7 @@ int run_cli(int argc, char** argv) {
   fleet_status_cmd->add_option("-c,--config", config_path, "Config file")->capture_default_str();
   fleet_status_cmd->add_flag("--json", fleet_json,
                              "One JSON object: {\"group\",\"max_restarting\",\"slots\":[{\"slot\",\"host\",\"target\","
-                             "\"commit\",\"since\"}],\"hosts\":[{\"host\",\"target\",\"result\",\"commit\",\"reason\","
+                             "\"commit\",\"since\"}],\"hosts\":[{\"host\",\"target\",\"running\",\"result\",\"commit\",\"reason\","
                              "\"at\"}],\"bad\":[{\"commit\",\"host\",\"target\",\"reason\",\"at\"}]}");
 
   try {

@@ -438,7 +438,7 @@ void DeployMachine::finish(const Outcome& outcome) {
     history_sync_ = in_background([store = store_, name = target_.name] { store.sync_history(name); });
   }
   if (outcome.result != "rejected" && !outcome.result.starts_with("cycle")) status_.last_outcome = outcome;
-  if (fleet_ && !outcome.result.starts_with("cycle")) fleet_->publish(target_.name, outcome);
+  if (fleet_ && !outcome.result.starts_with("cycle")) fleet_->publish(target_.name, outcome, status_.last_known_good);
   after_outcome(outcome);
   report_transition({target_.name, status_.phase, outcome.commit, outcome.reason, outcome.result}, false);
   // A marker refused by the start-up look at the disk: still starting until that look is done.
@@ -1609,8 +1609,12 @@ asio::awaitable<DeployMachine::Gate> DeployMachine::take_fleet_slot(Deploy& depl
       etcd_trouble_.clear();
       if (attempt.slot) {
         // Asked under the slot: a host that reverted this commit recorded it before giving its slot back.
-        auto check = fleet_->bad_commit(deploy.commit);
-        const std::optional<BadCommit> bad = co_await std::move(check);
+        // (An operator's revert goes away from deploy.commit: nothing to ask.)
+        std::optional<BadCommit> bad;
+        if (!deploy.operator_revert) {
+          auto check = fleet_->bad_commit(deploy.commit);
+          bad = co_await std::move(check);
+        }
         if (bad) {
           co_await give_back(attempt.slot);
           deploy.pause_lock.reset();
@@ -2059,6 +2063,11 @@ asio::awaitable<DeployMachine::Next> DeployMachine::take_revert_request(Deploy& 
 }
 
 asio::awaitable<void> DeployMachine::operator_revert(Deploy& deploy) {
+  if (fleet_ && !deploy.revert_now) {
+    // A restart like any other for the group's capacity; --now goes at once.
+    const Gate slot = co_await take_fleet_slot(deploy, true);
+    if (slot == Gate::over) co_return;
+  }
   if (target_.idle && !deploy.revert_now) {
     // The operator asked for it: pauses, windows and min_interval hold deploys, not this; the
     // agent's cycle is still waited for.

@@ -206,9 +206,10 @@ asio::awaitable<void> Fleet::mark_bad(std::string commit, std::string target, st
   co_await std::move(put);
 }
 
-void Fleet::publish(const std::string& target, const Outcome& outcome) {
-  json::object doc{{"host", config_.host},         {"target", target}, {"result", outcome.result},
-                   {"commit", outcome.commit},     {"reason", outcome.reason}, {"at", outcome.at}};
+void Fleet::publish(const std::string& target, const Outcome& outcome, const std::string& running) {
+  json::object doc{{"host", config_.host},     {"target", target},         {"running", running},
+                   {"result", outcome.result}, {"commit", outcome.commit}, {"reason", outcome.reason},
+                   {"at", outcome.at}};
   auto write = [](std::shared_ptr<EtcdClient> client, std::string key, std::string value,
                   std::string target) -> asio::awaitable<void> {
     try {
@@ -291,9 +292,11 @@ int print_fleet_status(const Config& config, bool as_json) {
   if (view.hosts.empty()) std::cout << "  none has recorded an outcome yet\n";
   for (const json::object& host : view.hosts) {
     const std::string reason = text_field(host, "reason");
-    std::cout << "  " << text_field(host, "host") << " (" << text_field(host, "target") << "): "
-              << text_field(host, "result") << " " << text_field(host, "commit").substr(0, 12) << " at "
-              << text_field(host, "at") << (reason.empty() ? "" : ": " + quoted_for_log(reason, '"', 400)) << "\n";
+    const std::string running = text_field(host, "running");
+    std::cout << "  " << text_field(host, "host") << " (" << text_field(host, "target") << "): runs "
+              << (running.empty() ? "?" : running.substr(0, 12)) << "; last " << text_field(host, "result") << " "
+              << text_field(host, "commit").substr(0, 12) << " at " << text_field(host, "at")
+              << (reason.empty() ? "" : ": " + quoted_for_log(reason, '"', 400)) << "\n";
   }
   std::cout << "bad commits:" << (view.bad.empty() ? " none\n" : "\n");
   for (const BadCommit& b : view.bad) {

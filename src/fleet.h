@@ -7,7 +7,8 @@
 //   slot/<n>              who restarts now (n < max_restarting), bound to that host's lease: a
 //                         host that dies frees its slot when the lease runs out
 //   bad/<commit>          a commit reverted on some host: {"host","target","reason","at"}
-//   host/<host>/<target>  that target's last outcome: {"host","target","result","commit","reason","at"}
+//   host/<host>/<target>  that target's last outcome and the commit it runs since:
+//                         {"host","target","running","result","commit","reason","at"}
 
 #include "config.h"
 #include "etcd.h"
@@ -75,9 +76,9 @@ class Fleet {
   boost::asio::awaitable<std::optional<BadCommit>> bad_commit(std::string commit);
   /// Records `commit` as failed on this host. Throws EtcdError.
   boost::asio::awaitable<void> mark_bad(std::string commit, std::string target, std::string reason);
-  /// Records a target's outcome as this host's latest, in the background; a failure is logged
-  /// (the next outcome writes it again).
-  void publish(const std::string& target, const Outcome& outcome);
+  /// Records a target's outcome and the commit production runs since (`running`, its known-good)
+  /// as this host's latest, in the background; a failure is logged (the next outcome writes it again).
+  void publish(const std::string& target, const Outcome& outcome, const std::string& running);
   /// Everything the group's keys hold, for `fleet status`. Throws EtcdError.
   struct View {
     std::vector<SlotHolder> slots;
