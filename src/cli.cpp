@@ -143,7 +143,8 @@ json::object target_status(const StateStore& store, const TargetConfig& target, 
     obj["paused"] = nullptr;
   }
   obj["running"] = running;
-  obj["waiting"] = running && status.phase == "waiting-idle" ? json::value(status.detail) : json::value(nullptr);
+  const bool waits = status.phase == "waiting-idle" || status.phase == "waiting-fleet";
+  obj["waiting"] = running && waits ? json::value(status.detail) : json::value(nullptr);
   obj["next_cycle"] = running && !status.next_cycle.empty() ? json::value(status.next_cycle) : json::value(nullptr);
   obj["pending"] = pending_json(target);
   if (status.last_outcome) {
