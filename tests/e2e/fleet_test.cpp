@@ -95,7 +95,6 @@ class Fleet {
   }
   /// Host n (1-based).
   Production& host(int n) { return *hosts_.at(static_cast<std::size_t>(n - 1)); }
-  int size() const { return static_cast<int>(hosts_.size()); }
   std::vector<DaemonProcess*> daemons() {
     std::vector<DaemonProcess*> all;
     for (auto& h : hosts_) all.push_back(&h->daemon());
@@ -223,10 +222,14 @@ TEST_CASE("fleet: five hosts staged at once restart one at a time with max_resta
     CHECK(fleet.host(n).restarts().size() == 2);
   }
   const auto released = wait_for_each(fleet.daemons(), "released fleet slot", 5s);
+  int waited = 0;
   for (int n = 1; n <= 5; ++n) {
     CHECK_MESSAGE(released[n - 1] >= 0, host_name(n) << " did not release its slot");
     CHECK(fleet.host(n).daemon().count_lines("took fleet slot") == 1);
+    CHECK(fleet.host(n).daemon().count_lines(" of 1 in group botical-prod") == 1);
+    waited += fleet.host(n).daemon().count_lines("prod: waiting for a fleet slot in group botical-prod: held by") > 0;
   }
+  CHECK(waited >= 4);  // all staged at once, one slot: all but the first found it taken
   CHECK(etcd.range(fleet.slot_prefix()).empty());
 
   const auto spans = read_trace(fleet.trace());
