@@ -1,4 +1,5 @@
 #include "cli.h"
+#include "fleet.h"
 
 #include "config.h"
 #include "daemon.h"
@@ -591,6 +592,20 @@ int run_cli(int argc, char** argv) {
   resume_cmd->add_option("-c,--config", config_path, "Config file")->capture_default_str();
   resume_cmd->add_option("-t,--target", target_name, "Target to resume (needed when the config has several)");
 
+  bool fleet_json = false;
+  auto* fleet_cmd = app.add_subcommand(
+      "fleet", "The fleet group of [fleet], as etcd holds it (fleet mode: at most max_restarting hosts of the group "
+               "restart at once, and a commit reverted on one host is refused by the others).");
+  fleet_cmd->require_subcommand(1);
+  auto* fleet_status_cmd = fleet_cmd->add_subcommand(
+      "status", "Who holds the restart slots, each host's last outcome and commit, and the commits the group saw "
+                "fail. Exits 69 when etcd cannot be reached, 78 without [fleet].");
+  fleet_status_cmd->add_option("-c,--config", config_path, "Config file")->capture_default_str();
+  fleet_status_cmd->add_flag("--json", fleet_json,
+                             "One JSON object: {\"group\",\"max_restarting\",\"slots\":[{\"slot\",\"host\",\"target\","
+                             "\"commit\",\"since\"}],\"hosts\":[{\"host\",\"target\",\"result\",\"commit\",\"reason\","
+                             "\"at\"}],\"bad\":[{\"commit\",\"host\",\"target\",\"reason\",\"at\"}]}");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -611,6 +626,7 @@ int run_cli(int argc, char** argv) {
     if (*release_cmd) return release(config_path, target_name);
     if (*pause_cmd) return pause(config_path, target_name, pause_for, pause_reason);
     if (*resume_cmd) return resume(config_path, target_name);
+    if (*fleet_status_cmd) return print_fleet_status(load_config(config_path), fleet_json);
     Config config = load_config(config_path);
     setup_logging(config.log_level);
     return run_daemon(config);

@@ -5,6 +5,7 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <charconv>
 #include <array>
 #include <cctype>
 #include <cerrno>
@@ -18,6 +19,7 @@
 #include <utility>
 
 #include <pwd.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 namespace sentinel {
@@ -44,7 +46,9 @@ constexpr std::string_view kUrlExample = R"("http://127.0.0.1:8080/health")";
 
 using KeyList = std::span<const std::string_view>;
 
-constexpr std::array kTopLevelKeys{"sentinel"sv, "target"sv};
+constexpr std::array kTopLevelKeys{"sentinel"sv, "target"sv, "fleet"sv};
+constexpr std::array kFleetKeys{"etcd"sv,    "group"sv,   "host"sv,    "max_restarting"sv, "lease_ttl"sv,
+                                "timeout"sv, "ca_file"sv, "cert_file"sv, "key_file"sv};
 constexpr std::array kSentinelKeys{"state_dir"sv, "log_level"sv, "metrics_file"sv};
 constexpr std::array kTargetKeys{"name"sv,   "marker_dir"sv, "checkout"sv, "restart"sv, "build"sv,
                                  "health"sv, "idle"sv,       "cycle"sv,    "monitor"sv, "env"sv, "allowed_owners"sv,
@@ -884,6 +888,106 @@ void read_sentinel(const TableReader& table, const fs::path& base_dir, Config& c
   }
 }
 
+/// "http://host:port" or "https://host:port" (the port defaults to 2379), or why not.
+std::optional<EtcdEndpoint> parse_etcd_endpoint(std::string_view url, std::string& why) {
+  EtcdEndpoint endpoint;
+  endpoint.url = url;
+  std::string_view rest = url;
+  if (rest.starts_with("https://")) {
+    endpoint.tls = true;
+    rest.remove_prefix(8);
+  } else if (rest.starts_with("http://")) {
+    rest.remove_prefix(7);
+  } else {
+    why = "must start with http:// or https://, like \"http://etcd-1.example:2379\"";
+    return std::nullopt;
+  }
+  if (rest.ends_with('/')) rest.remove_suffix(1);
+  if (rest.find('/') != std::string_view::npos) {
+    why = "must name only a host and a port, without a path: etcd's gateway lives at /v3/";
+    return std::nullopt;
+  }
+  const std::size_t colon = rest.rfind(':');
+  endpoint.host = std::string(rest.substr(0, colon));
+  if (colon != std::string_view::npos) {
+    const std::string_view digits = rest.substr(colon + 1);
+    unsigned port = 0;
+    const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), port);
+    if (ec != std::errc() || end != digits.data() + digits.size() || port == 0 || port > 65535) {
+      why = "has a bad port " + in_quotes(digits) + "; etcd's client port is usually 2379";
+      return std::nullopt;
+    }
+    endpoint.port = static_cast<std::uint16_t>(port);
+  }
+  const bool host_ok = !endpoint.host.empty() && std::all_of(endpoint.host.begin(), endpoint.host.end(), [](unsigned char c) {
+    return std::isalnum(c) || c == '-' || c == '.' || c == '_';
+  });
+  if (!host_ok) {
+    why = "has no valid host name or IPv4 address";
+    return std::nullopt;
+  }
+  return endpoint;
+}
+
+/// A group or host name: it becomes part of etcd keys, and shows in every host's status.
+bool valid_fleet_name(std::string_view name) {
+  return !name.empty() && name.size() <= 64 && std::all_of(name.begin(), name.end(), [](unsigned char c) {
+    return std::isalnum(c) || c == '-' || c == '.' || c == '_';
+  });
+}
+
+FleetConfig read_fleet(const TableReader& table, const fs::path& base_dir) {
+  FleetConfig fleet;
+  const toml::node* node = table.find("etcd");
+  if (node == nullptr) table.fail_missing("etcd", R"(required key missing; list etcd's endpoints, like etcd = ["http://etcd-1.example:2379"])");
+  const toml::array* array = node->as_array();
+  if (array == nullptr || array->empty()) {
+    table.fail("etcd", R"(expected a non-empty array of URLs, like ["http://etcd-1.example:2379"])");
+  }
+  for (std::size_t i = 0; i < array->size(); ++i) {
+    const toml::node& element = (*array)[i];
+    const std::string where = table.key_path("etcd") + "[" + std::to_string(i + 1) + "]";
+    if (!element.is_string()) table.fail_at(element.source(), where, "expected a URL string, got " + std::string(describe_type(element.type())));
+    std::string why;
+    std::optional<EtcdEndpoint> endpoint = parse_etcd_endpoint(element.as_string()->get(), why);
+    if (!endpoint) table.fail_at(element.source(), where, why);
+    fleet.etcd.push_back(*std::move(endpoint));
+  }
+  constexpr std::string_view kNameRule = "must be 1 to 64 letters, digits, '.', '-' or '_'";
+  fleet.group = table.required_string("group");
+  if (!valid_fleet_name(fleet.group)) table.fail("group", std::string(kNameRule) + ", like \"botical-prod\"");
+  if (std::optional<std::string> host = table.string("host")) {
+    if (!valid_fleet_name(*host)) table.fail("host", std::string(kNameRule) + ", like \"web-1\"");
+    fleet.host = *host;
+  } else {
+    char name[256] = {};
+    if (::gethostname(name, sizeof name - 1) != 0 || !valid_fleet_name(name)) {
+      table.fail_table("this machine's host name cannot name it in the group: set host, like host = \"web-1\"");
+    }
+    fleet.host = name;
+  }
+  fleet.max_restarting = table.count("max_restarting").value_or(fleet.max_restarting);
+  if (fleet.max_restarting > 1000) table.fail("max_restarting", "must be at most 1000");
+  fleet.lease_ttl = table.duration("lease_ttl", ZeroDuration::rejected).value_or(fleet.lease_ttl);
+  if (fleet.lease_ttl < 2s || fleet.lease_ttl > 1h) {
+    table.fail("lease_ttl", R"(must be from "2s" (etcd's shortest lease) to "1h": it is how long a dead host's slot stays taken)");
+  }
+  fleet.timeout = table.duration("timeout", ZeroDuration::rejected).value_or(fleet.timeout);
+  fleet.ca_file = table.path("ca_file", base_dir).value_or(fs::path());
+  fleet.cert_file = table.path("cert_file", base_dir).value_or(fs::path());
+  fleet.key_file = table.path("key_file", base_dir).value_or(fs::path());
+  if (fleet.cert_file.empty() != fleet.key_file.empty()) {
+    table.fail(fleet.cert_file.empty() ? "key_file" : "cert_file", "cert_file and key_file go together: set both, or neither");
+  }
+  const bool any_tls = std::any_of(fleet.etcd.begin(), fleet.etcd.end(), [](const EtcdEndpoint& e) { return e.tls; });
+  if (!any_tls) {
+    for (std::string_view key : {"ca_file"sv, "cert_file"sv, "key_file"sv}) {
+      if (table.has(key)) table.fail(key, "is used only with https:// endpoints; every endpoint here is http://");
+    }
+  }
+  return fleet;
+}
+
 void read_targets(const TableReader& root, const ErrorReporter& errors, const fs::path& base_dir,
                   Config& config) {
   constexpr std::string_view kAtLeastOne = "at least one [[target]] is required";
@@ -937,6 +1041,7 @@ Config parse_config(std::string_view text, const fs::path& source) {
     read_sentinel(*sentinel, base_dir, config);
   }
   read_targets(root, errors, base_dir, config);
+  if (const std::optional<TableReader> fleet = root.table("fleet", kFleetKeys)) config.fleet = read_fleet(*fleet, base_dir);
   return config;
 }
 

@@ -4,6 +4,7 @@
 #include "duration.h"
 
 #include <chrono>
+#include <cstdint>
 #include <cstddef>
 #include <filesystem>
 #include <optional>
@@ -177,6 +178,28 @@ struct TargetConfig {
   std::optional<HooksConfig> hooks;  // `[target.hooks]`
 };
 
+/// `[fleet]`: several sentinels, one per host, deploy the same service and share its restart
+/// slots in etcd: at most `max_restarting` hosts of `group` restart at once, and a commit
+/// reverted on one host is refused by the others.
+struct EtcdEndpoint {
+  std::string url;  // as written: "http://etcd-1.example:2379"
+  bool tls = false; // https
+  std::string host;
+  std::uint16_t port = 2379;
+};
+
+struct FleetConfig {
+  std::vector<EtcdEndpoint> etcd;  // endpoints of etcd's HTTP/JSON gateway, tried in turn
+  std::string group;              // the service the hosts share; names the keys in etcd
+  std::string host;               // this host in the group; default: the machine's host name
+  int max_restarting = 1;
+  Duration lease_ttl = 30s;       // a dead holder's slot frees itself this long after its last renewal
+  Duration timeout = 5s;          // one request to etcd
+  std::filesystem::path ca_file;    // https: the CA that signed etcd's certificate (default: the system's)
+  std::filesystem::path cert_file;  // https: this host's client certificate and key, both or neither
+  std::filesystem::path key_file;
+};
+
 /// The whole file.
 struct Config {
   std::filesystem::path source;      // the file it was read from (absolute)
@@ -184,6 +207,7 @@ struct Config {
   std::string log_level = "info";    // trace, debug, info, warn, error, critical, off
   std::filesystem::path metrics_file;  // `[sentinel] metrics_file`: Prometheus text; empty = none
   std::vector<TargetConfig> targets;
+  std::optional<FleetConfig> fleet;  // none = this sentinel deploys on its own
 
   /// The target named `name`, or nullptr.
   const TargetConfig* find_target(std::string_view name) const;

@@ -2,6 +2,7 @@
 
 #include "config.h"
 #include "deploy_machine.h"
+#include "fleet.h"
 #include "log.h"
 #include "marker.h"
 #include "marker_watch.h"
@@ -97,10 +98,18 @@ std::unique_ptr<Config> run_targets(asio::io_context& ctx, asio::signal_set& sig
   // Outlives a reload: its counters count since the daemon started.
   static MetricsFile metrics;
   metrics.set_path(config.metrics_file);
+  // [fleet]: every target restarts in the group (the slots bound the hosts, not the targets).
+  std::optional<Fleet> fleet;
+  if (config.fleet) {
+    fleet.emplace(*config.fleet, ctx.get_executor());
+    spdlog::info("fleet: host {} in group {} (at most {} restarting at once; etcd {})", config.fleet->host,
+                 config.fleet->group, config.fleet->max_restarting, config.fleet->etcd.front().url);
+  }
   std::vector<std::shared_ptr<TargetRuntime>> runtimes;
   for (const auto& target : config.targets) {
     auto runtime = std::make_shared<TargetRuntime>(target, store, ctx.get_executor());
     runtime->machine.set_metrics(&metrics);
+    if (fleet) runtime->machine.set_fleet(&*fleet);
     metrics.add_target(target.name);
     runtime->start();  // the watches are set before the first look at the disk, so nothing slips between
     runtimes.push_back(std::move(runtime));

@@ -1,4 +1,5 @@
 #include "deploy_machine.h"
+#include "fleet.h"
 
 #include "hooks.h"
 #include "lease.h"
@@ -146,6 +147,7 @@ std::string_view to_string(Phase phase) {
     case Phase::rebuilding: return "rebuilding";
     case Phase::quarantined: return "quarantined";
     case Phase::preflight: return "preflight";
+    case Phase::waiting_fleet: return "waiting-fleet";
   }
   return "unknown";
 }
@@ -338,6 +340,22 @@ asio::awaitable<RunResult> TargetProcesses::reset_to(std::string commit) {
   co_return co_await git_reset_hard(target_.checkout, std::move(commit), target_.name + " git");
 }
 
+namespace {
+
+/// How often a deploy waiting for a fleet slot (or for etcd) asks again.
+constexpr Duration kFleetPoll{500};
+
+std::string fleet_refusal(const BadCommit& bad) { return "reverted on host " + bad.host + ": " + bad.reason; }
+
+/// Gives a fleet slot back now, if one is held.
+asio::awaitable<void> give_back(std::unique_ptr<FleetSlot>& slot) {
+  if (!slot) co_return;
+  co_await slot->release();
+  slot.reset();
+}
+
+}  // namespace
+
 // ---- the policy ------------------------------------------------------------------------------
 
 /// One claimed deploy, as recorded in `.deploy-in-progress`.
@@ -363,6 +381,8 @@ struct DeployMachine::Deploy {
   std::string preflight_data;               // its {data}
   bool preflight_passed = false;            // the pre-flight vouched for `commit`
   bool ignore_holds = false;                // an operator's revert: pauses and windows do not hold it
+  std::unique_ptr<FleetSlot> slot;          // [fleet]: the restart slot, from before the restart to the outcome
+  std::string failed_because;               // [fleet]: why `commit` failed here, to record for the group
 
   /// "deploy of 3f2c1a9e0b4d" or "recovery of production on 3f2c1a9e0b4d", for messages.
   std::string subject() const {
@@ -418,6 +438,7 @@ void DeployMachine::finish(const Outcome& outcome) {
     history_sync_ = in_background([store = store_, name = target_.name] { store.sync_history(name); });
   }
   if (outcome.result != "rejected" && !outcome.result.starts_with("cycle")) status_.last_outcome = outcome;
+  if (fleet_ && !outcome.result.starts_with("cycle")) fleet_->publish(target_.name, outcome);
   after_outcome(outcome);
   report_transition({target_.name, status_.phase, outcome.commit, outcome.reason, outcome.result}, false);
   // A marker refused by the start-up look at the disk: still starting until that look is done.
@@ -678,7 +699,7 @@ asio::awaitable<void> DeployMachine::serve() {
 
 asio::awaitable<std::string> DeployMachine::carry_out_unless_unwritable(Deploy& deploy) {
   try {
-    co_await carry_out(deploy);
+    co_await carry_out_and_release(deploy);
   } catch (const RecordUnwritable& e) {
     co_return e.why;
   }
@@ -1466,6 +1487,10 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
       spdlog::warn("{}: the sentinel stopped while restarting {}, so that restart's outcome is unknown: restarting "
                    "once more",
                    target_.name, short_sha(deploy.commit));
+      if (fleet_) {
+        const Gate slot = co_await take_fleet_slot(deploy, true);
+        if (slot == Gate::over) co_return;
+      }
       co_await wait_for_permit(deploy);
       HeadCommit head = co_await actions_.head();
       if (head.error.empty() && head.commit != deploy.commit) {
@@ -1483,6 +1508,11 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
         deploy.commit = head.commit;
       }
     } else {
+      if (fleet_) {
+        // Asked again under the slot; asked now so as not to wait for idle for a commit known bad.
+        const bool refused = co_await refused_by_fleet(deploy);
+        if (refused) co_return;
+      }
       for (;;) {
         const Gate ahead = co_await wait_for_go_ahead(deploy);
         if (ahead == Gate::outage) {
@@ -1492,14 +1522,34 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
         if (target_.idle || (target_.preflight && !deploy.preflight_passed)) {
           const Gate idle = co_await preflight_and_idle(deploy);
           if (idle == Gate::over) co_return;
-          if (idle == Gate::held) continue;
+          if (idle == Gate::held) {
+            co_await give_back(deploy.slot);
+            continue;
+          }
           if (idle == Gate::outage) break;
         }
         // Once more under the pause lock: a pause recorded after this look sees "restarting" and is refused.
         deploy.pause_lock = co_await lock_pause();
-        if (holds().none()) break;
+        if (holds().none()) {
+          if (!fleet_ || deploy.slot) break;
+          // A slot free now is taken at once, under the locks: the agent's idle moment is not lost.
+          const Gate now = co_await take_fleet_slot(deploy, false);
+          if (now == Gate::go || now == Gate::outage) break;
+          deploy.pause_lock.reset();
+          deploy.permit = {};
+          if (now == Gate::over) co_return;
+          // None is free: `hold` and `pause` go on while this waits, then the gates are passed again.
+          const Gate waited = co_await take_fleet_slot(deploy, true);
+          if (waited == Gate::over) co_return;
+          if (waited == Gate::outage) {
+            deploy.permit = co_await permit_without_lease();
+            break;
+          }
+          continue;
+        }
         deploy.pause_lock.reset();
         deploy.permit = {};
+        co_await give_back(deploy.slot);  // held again: other hosts go first
       }
       // The agent may have committed while we waited (without a wait HEAD was read just now).
       HeadCommit head;
@@ -1541,9 +1591,99 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
   spdlog::info("{}: deployed {} in {}", target_.name, short_sha(deploy.commit), format_duration(since(deploy.started)));
 }
 
+// ---- fleet -------------------------------------------------------------------------------------
+
+
+asio::awaitable<DeployMachine::Gate> DeployMachine::take_fleet_slot(Deploy& deploy, bool wait) {
+  const FleetConfig& fleet = fleet_->config();
+  std::string last;
+  for (;;) {
+    // A production that went down meanwhile has no capacity left to protect.
+    if (monitor_ && Clock::now() >= next_probe_) co_await monitor_probe();
+    if (monitor_ && monitor_->down()) co_return Gate::outage;
+    std::string why;
+    try {
+      auto take = fleet_->try_take_slot(target_.name, deploy.commit);
+      Fleet::Attempt attempt = co_await std::move(take);
+      if (!etcd_trouble_.empty()) spdlog::info("{}: etcd answers again", target_.name);
+      etcd_trouble_.clear();
+      if (attempt.slot) {
+        // Asked under the slot: a host that reverted this commit recorded it before giving its slot back.
+        auto check = fleet_->bad_commit(deploy.commit);
+        const std::optional<BadCommit> bad = co_await std::move(check);
+        if (bad) {
+          co_await give_back(attempt.slot);
+          deploy.pause_lock.reset();
+          deploy.permit = {};
+          co_await reject_commit(deploy, fleet_refusal(*bad), "fleet", {});
+          co_return Gate::over;
+        }
+        spdlog::info("{}: took fleet slot {} of {} in group {}", target_.name, attempt.slot->index(),
+                     fleet.max_restarting, fleet.group);
+        deploy.slot = std::move(attempt.slot);
+        co_return Gate::go;
+      }
+      why = "held by " + Fleet::describe(attempt.holders);
+    } catch (const EtcdError& e) {
+      if (etcd_trouble_.empty()) {
+        spdlog::error("{}: etcd unreachable ({}); no deploy restarts until it answers", target_.name, e.what());
+      }
+      etcd_trouble_ = e.what();
+      why = "etcd unreachable, so no restart until it answers";
+    }
+    if (!wait) co_return Gate::held;
+    if (why != last) {
+      log_claim(deploy);
+      spdlog::info("{}: waiting for a fleet slot in group {}: {}", target_.name, fleet.group, why);
+      enter(Phase::waiting_fleet, deploy.commit, "restart of " + short_sha(deploy.commit) + " waits: " + why);
+      last = why;
+    }
+    co_await wait_for_poke(std::min(Clock::now() + kFleetPoll, next_probe_));
+  }
+}
+
+asio::awaitable<bool> DeployMachine::refused_by_fleet(Deploy& deploy) {
+  std::optional<BadCommit> bad;
+  try {
+    auto check = fleet_->bad_commit(deploy.commit);
+    bad = co_await std::move(check);
+  } catch (const EtcdError&) {
+    co_return false;  // asked again once a slot is taken, which needs etcd anyway
+  }
+  if (!bad) co_return false;
+  co_await reject_commit(deploy, fleet_refusal(*bad), "fleet", {});
+  co_return true;
+}
+
+asio::awaitable<void> DeployMachine::carry_out_and_release(Deploy& deploy) {
+  std::exception_ptr error;
+  try {
+    co_await carry_out(deploy);
+  } catch (...) {
+    error = std::current_exception();
+  }
+  if (fleet_ && !deploy.failed_because.empty()) {
+    const std::string& group = fleet_->config().group;
+    try {
+      auto mark = fleet_->mark_bad(deploy.commit, target_.name, deploy.failed_because);
+      co_await std::move(mark);
+      spdlog::info("{}: recorded {} as bad for group {}: the other hosts refuse it", target_.name,
+                   short_sha(deploy.commit), group);
+    } catch (const EtcdError& e) {
+      spdlog::error("{}: cannot record {} as bad for group {} in etcd ({}); other hosts may deploy it", target_.name,
+                    short_sha(deploy.commit), group, e.what());
+    }
+  }
+  co_await give_back(deploy.slot);
+  if (error) std::rethrow_exception(error);
+}
+
 asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
   if (known_good_sync_.valid()) known_good_sync_.wait();  // its known-good.bak write must not race ours
   const std::string& target = deploy.previous_known_good;
+  // Recorded for the fleet once the revert is over, before the slot is given back (a commit that
+  // broke this host will break the others): then nothing delays the revert of a down production.
+  if (!deploy.recovery && !deploy.operator_revert) deploy.failed_because = failure.reason;
   std::vector<std::string> revert_output;  // the last lines of the revert step that failed
   auto give_up = [&](std::string why) {
     if (why.find(kNotReplaced) != std::string::npos) {
@@ -1756,7 +1896,8 @@ asio::awaitable<DeployMachine::Gate> DeployMachine::preflight_and_idle(Deploy& d
     }
   }
   if (failed) {
-    co_await reject_after_preflight(deploy, *failed);
+    co_await reject_commit(deploy, "pre-flight of " + short_sha(deploy.commit) + " failed: " + failed->reason,
+                           "preflight", failed->output);
     co_return Gate::over;
   }
   if (superseded) {
@@ -1800,23 +1941,23 @@ asio::awaitable<bool> DeployMachine::checkout_may_be_reset(Deploy& deploy) {
       co_await wait_for_poke(Clock::now() + target_.idle->interval);
     }
   }
-  enter(Phase::reverting, deploy.previous_known_good, "putting the checkout back after a failed pre-flight");
+  enter(Phase::reverting, deploy.previous_known_good, "putting the checkout back on known-good");
   // Commits the agent made on top of the refused one are its answer to it: not thrown away.
   HeadCommit head = co_await actions_.head();
   if (head.error.empty() && head.commit != deploy.commit) {
     deploy.permit = {};
-    spdlog::warn("{}: HEAD moved from {} to {} since the pre-flight; the checkout is left as it is", target_.name,
+    spdlog::warn("{}: HEAD moved from {} to {} since it was refused; the checkout is left as it is", target_.name,
                  short_sha(deploy.commit), short_sha(head.commit));
     co_return false;
   }
   co_return true;
 }
 
-asio::awaitable<void> DeployMachine::reject_after_preflight(Deploy& deploy, const PreflightResult& result) {
+asio::awaitable<void> DeployMachine::reject_commit(Deploy& deploy, std::string reason, std::string by,
+                                                  std::vector<std::string> output) {
   deploy.permit = {};
-  const std::string reason = "pre-flight of " + short_sha(deploy.commit) + " failed: " + result.reason;
-  spdlog::warn("{}: {}; production was not restarted", target_.name, reason);
-  enter(Phase::preflight, deploy.commit, reason);
+  spdlog::warn("{}: {} refused: {}; production was not restarted", target_.name, deploy.subject(), reason);
+  enter(by == "preflight" ? Phase::preflight : Phase::waiting_fleet, deploy.commit, reason);
   // So that a crash or a restart of production boots known-good code, not the commit left on disk.
   const std::string& good = deploy.previous_known_good;
   if (good.empty()) {
@@ -1837,14 +1978,15 @@ asio::awaitable<void> DeployMachine::reject_after_preflight(Deploy& deploy, cons
       }
     }
   }
-  const RejectionDetail detail{deploy.commit, "preflight", result.output};
+  const RejectionDetail detail{deploy.commit, by, std::move(output)};
   if (auto ec = reject_marker(target_.marker_dir, marker_file::in_progress, reason, deploy.marker.text, &detail)) {
     spdlog::error("{}: while rejecting the deploy in {}: {}", target_.name, target_.marker_dir.string(), ec.message());
   }
   const Outcome outcome{"rejected", deploy.commit, reason, now_utc(), {}};
   status_.last_outcome = outcome;  // unlike a refused marker, a refused commit is the last deploy's outcome
   finish(outcome);
-  spdlog::warn("{}: rejected {} after its pre-flight; production still runs {}", target_.name, short_sha(deploy.commit),
+  spdlog::warn("{}: rejected {} {}; production still runs {}", target_.name, short_sha(deploy.commit),
+               by == "preflight" ? "after its pre-flight" : "because another host of the fleet reverted it",
                good.empty() ? "what it ran" : short_sha(good));
   // The agent should learn from .deploy-rejected: one cycle, as after a revert.
   if (schedule_ && target_.cycle->after_recovery) schedule_->owe();

@@ -25,6 +25,7 @@ namespace sentinel {
 
 struct LeaseView;
 class MetricsFile;
+class Fleet;
 
 /// Leave to restart production, given while no agent holds the target's lease. While `hold_off`
 /// lives, `deploy-sentinel hold` waits: keep it until the phase "restarting" is recorded, so
@@ -109,8 +110,9 @@ class DeployMachine {
   /// Phases as `status` shows them. Recovery of a down production uses restarting, verifying,
   /// reverting and rebuilding too.
   /// `held`: a claimed deploy waits for the deploy window, min_interval or the end of a pause.
+  /// `waiting-fleet`: a claimed deploy waits for a restart slot of its fleet group (or for etcd).
   enum class Phase { starting, watching, held, waiting_idle, restarting, verifying, reverting, rebuilding,
-                     quarantined, preflight };
+                     quarantined, preflight, waiting_fleet };
 
   DeployMachine(const TargetConfig& target, const StateStore& store, TargetActions& actions,
                 boost::asio::any_io_executor executor);
@@ -132,6 +134,9 @@ class DeployMachine {
 
   /// Where outcomes and probes are counted (the daemon's metrics file); nullptr = nowhere.
   void set_metrics(MetricsFile* metrics) { metrics_ = metrics; }
+
+  /// The fleet group this target restarts in ([fleet]); nullptr = on its own.
+  void set_fleet(Fleet* fleet) { fleet_ = fleet; }
 
   /// How long to wait before trying again after an error that looking again at once would not
   /// fix (5 s; tests shorten it).
@@ -203,11 +208,24 @@ class DeployMachine {
   void log_claim(Deploy& deploy);
   /// The wait for idle, with the pre-flight (when configured and not yet passed) beside it.
   boost::asio::awaitable<Gate> preflight_and_idle(Deploy& deploy);
+  /// [fleet]: takes a restart slot of the group (without `wait`, only when one is free now);
+  /// `go` with the slot in `deploy`, `held` when none was free (without `wait`), `over` when the
+  /// group has seen the commit fail (the deploy is rejected), `outage` when production went down.
+  /// While etcd does not answer, no slot is taken: a restart then waits.
+  boost::asio::awaitable<Gate> take_fleet_slot(Deploy& deploy, bool wait);
+  /// [fleet]: the group's record of the deploy's commit failing on another host, if etcd says so
+  /// now; then the deploy is rejected (`true`).
+  boost::asio::awaitable<bool> refused_by_fleet(Deploy& deploy);
+  /// carry_out, then gives back the fleet slot it took, also when it ends by an exception.
+  boost::asio::awaitable<void> carry_out_and_release(Deploy& deploy);
   /// After a failed pre-flight: waits until the agent is idle (holding the permit from then on) and
   /// says whether the checkout still holds the refused commit, so that it may be reset.
   boost::asio::awaitable<bool> checkout_may_be_reset(Deploy& deploy);
-  /// A failed pre-flight: the checkout back on known-good and built, `.deploy-rejected`, a cycle owed.
-  boost::asio::awaitable<void> reject_after_preflight(Deploy& deploy, const PreflightResult& result);
+  /// A commit refused before production was restarted onto it (by its pre-flight, or because the
+  /// fleet saw it fail): the checkout back on known-good and built, `.deploy-rejected`, a cycle owed.
+  /// `by` names the refusing step in `.deploy-rejected` ("preflight", "fleet").
+  boost::asio::awaitable<void> reject_commit(Deploy& deploy, std::string reason, std::string by,
+                                             std::vector<std::string> output);
   /// Restarts production on the deploy's commit, or on its previous known-good when `reverting`.
   boost::asio::awaitable<Verdict> restart_and_verify(Deploy& deploy, bool reverting);
   /// Probes until healthy `successes` times in a row or the deadline. With confirm, a healthy
@@ -290,6 +308,8 @@ class DeployMachine {
   std::future<void> known_good_sync_;  // the deployed commit staged as known-good
   std::future<void> history_sync_;     // the fsync of the last history line
   MetricsFile* metrics_ = nullptr;
+  Fleet* fleet_ = nullptr;
+  std::string etcd_trouble_;      // why etcd did not answer, logged once until it answers again
   std::string running_commit_;    // what production runs as far as outcomes tell, for hooks' DEPLOY_PREVIOUS
 };
 

@@ -881,6 +881,61 @@ ConfirmConfig::Kind confirm_of(std::string_view health_lines) {
   return parse(target_with_health(health_lines)).targets.at(0).health.confirm.kind;
 }
 
+
+TEST_CASE("without [fleet] a sentinel deploys on its own") { CHECK_FALSE(parse(kMinimalTarget).fleet); }
+
+TEST_CASE("[fleet] reads its endpoints, group and limits, with documented defaults") {
+  const Config config = parse(kMinimalTarget + R"(
+[fleet]
+etcd = ["http://etcd-1.example:2379", "https://10.0.0.7:12379/", "http://etcd-3"]
+group = "botical-prod"
+host = "web-1"
+)");
+  REQUIRE(config.fleet);
+  const FleetConfig& fleet = *config.fleet;
+  REQUIRE(fleet.etcd.size() == 3);
+  CHECK(fleet.etcd[0].host == "etcd-1.example");
+  CHECK(fleet.etcd[0].port == 2379);
+  CHECK_FALSE(fleet.etcd[0].tls);
+  CHECK(fleet.etcd[1].tls);
+  CHECK(fleet.etcd[1].host == "10.0.0.7");
+  CHECK(fleet.etcd[1].port == 12379);
+  CHECK(fleet.etcd[2].port == 2379);
+  CHECK(fleet.group == "botical-prod");
+  CHECK(fleet.host == "web-1");
+  CHECK(fleet.max_restarting == 1);
+  CHECK(fleet.lease_ttl == 30s);
+  CHECK(fleet.timeout == 5s);
+}
+
+TEST_CASE("[fleet] without host takes the machine's host name") {
+  const Config config = parse(kMinimalTarget + "[fleet]\netcd = [\"http://127.0.0.1:2379\"]\ngroup = \"g\"\n");
+  REQUIRE(config.fleet);
+  CHECK_FALSE(config.fleet->host.empty());
+}
+
+TEST_CASE("[fleet] mistakes name the key and the fix") {
+  const std::string fleet = kMinimalTarget + "[fleet]\n";  // line 7
+  CHECK(error_in(fleet + "group = \"g\"\n") ==
+        "/etc/ds.toml:7:1: fleet.etcd: required key missing; list etcd's endpoints, like etcd = [\"http://etcd-1.example:2379\"]");
+  CHECK(error_in(fleet + "etcd = [\"etcd-1:2379\"]\ngroup = \"g\"\n") ==
+        "/etc/ds.toml:8:9: fleet.etcd[1]: must start with http:// or https://, like \"http://etcd-1.example:2379\"");
+  CHECK(error_in(fleet + "etcd = [\"http://etcd-1:2379/v3\"]\ngroup = \"g\"\n").find("without a path") != std::string::npos);
+  CHECK(error_in(fleet + "etcd = [\"http://etcd-1:99999\"]\ngroup = \"g\"\n").find("bad port \"99999\"") != std::string::npos);
+  CHECK(error_in(fleet + "etcd = []\ngroup = \"g\"\n").find("non-empty array") != std::string::npos);
+  CHECK(error_in(fleet + "etcd = [\"http://e:1\"]\ngroup = \"a/b\"\n") ==
+        "/etc/ds.toml:9:9: fleet.group: must be 1 to 64 letters, digits, '.', '-' or '_', like \"botical-prod\"");
+  CHECK(error_in(fleet + "etcd = [\"http://e:1\"]\ngroup = \"g\"\nlease_ttl = \"1s\"\n").find("etcd's shortest lease") !=
+        std::string::npos);
+  CHECK(error_in(fleet + "etcd = [\"http://e:1\"]\ngroup = \"g\"\nmax_restarting = 0\n").find("at least 1") != std::string::npos);
+  CHECK(error_in(fleet + "etcd = [\"http://e:1\"]\ngroup = \"g\"\nca_file = \"/etc/ca.pem\"\n") ==
+        "/etc/ds.toml:10:11: fleet.ca_file: is used only with https:// endpoints; every endpoint here is http://");
+  CHECK(error_in(fleet + "etcd = [\"https://e:1\"]\ngroup = \"g\"\ncert_file = \"/etc/c.pem\"\n").find("go together") !=
+        std::string::npos);
+  CHECK(error_in(fleet + "etcd = [\"http://e:1\"]\ngroup = \"g\"\nslots = 2\n").find("fleet.slots: unknown key") !=
+        std::string::npos);
+}
+
 }  // namespace
 
 TEST_CASE("confirm defaults to listener for a local health URL and to none otherwise") {
