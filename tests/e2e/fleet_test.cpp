@@ -376,6 +376,6 @@ TEST_CASE("fleet: while etcd is down no host restarts, and once it is back every
           << ms_between(up, Clock::now()) << " ms after etcd started again");
   CHECK(fleet.host(2).restarts().size() == 2);
   CHECK(fleet.host(3).restarts().size() == 2);
-  for (auto* d : waiting) CHECK(d->count_lines("etcd unreachable") == 1);  // once per outage
+  for (auto* d : waiting) CHECK(d->count_lines("prod: etcd unreachable") == 1);  // once per outage
   CHECK(max_concurrent(read_trace(fleet.trace())) == 1);
 }
