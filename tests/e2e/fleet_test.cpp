@@ -282,7 +282,6 @@ TEST_CASE("fleet: the slot of a sentinel killed with kill -9 goes to another hos
   CHECK(after < ttl + 3s);
   CHECK(second_daemon.wait_for_line("deployed " + short_sha(second_sha), 10s, next) >= 0);
   CHECK(second.restarts().size() == 2);
-
 }
 
 TEST_CASE("fleet: a commit reverted on one host is refused by the others without a restart, and fleet status "
