@@ -221,9 +221,18 @@ Production::Production(Options o)
   text += "checkout = \"" + checkout.string() + "\"\n";
   const std::string restart = std::string(FAKE_SERVICE) + "\", \"restart\", \"--port\", \"" +
                               std::to_string(port) + "\", \"--state\", \"" + service_dir.string();
-  const std::string argv = o.restart_delay.empty()
-                               ? "\"" + restart + "\""
-                               : "\"sh\", \"-c\", \"sleep " + o.restart_delay + "; exec \\\"$0\\\" \\\"$@\\\"\", \"" + restart + "\"";
+  std::string argv = "\"" + restart + "\"";
+  if (!o.restart_delay.empty() || !o.restart_trace.empty()) {
+    // A shell script in a TOML string: \\\" is a quote for the shell.
+    const std::string sleep = o.restart_delay.empty() ? "" : "sleep " + o.restart_delay + "; ";
+    std::string script = sleep + "exec \\\"$0\\\" \\\"$@\\\"";
+    if (!o.restart_trace.empty()) {
+      const std::string trace = " >> '" + o.restart_trace.string() + "'; ";
+      script = "echo start " + o.trace_label + " $(date +%s%N) $$" + trace + sleep + "\\\"$0\\\" \\\"$@\\\"; s=$?; echo end " +
+               o.trace_label + " $(date +%s%N)" + trace + "exit $s";
+    }
+    argv = "\"sh\", \"-c\", \"" + script + "\", " + argv;
+  }
   text += "restart = { command = [" + argv + "], timeout = \"" + o.restart_timeout + "\", kill_grace = \"300ms\" }\n";
   if (o.with_build) {
     text += "build = { command = [\"sh\", \"-c\", \"" + (o.build_delay.empty() ? "" : "sleep " + o.build_delay + "; ") +
@@ -239,7 +248,8 @@ Production::Production(Options o)
             "\"]\ninterval = \"50ms\"\nquiet = \"" + o.quiet + "\"\n";
   }
   text += o.extra + "\n";
-  write_file(config, "[sentinel]\nstate_dir = \"" + state.string() + "\"\nlog_level = \"debug\"\n\n" + text);
+  write_file(config, "[sentinel]\nstate_dir = \"" + state.string() + "\"\nlog_level = \"debug\"\n\n" + text +
+                         (o.fleet.empty() ? "" : "\n" + o.fleet + "\n"));
 
   // Production runs before the sentinel does, as on a real host.
   auto r = run_program({FAKE_SERVICE, "restart", "--port", std::to_string(port), "--state", service_dir.string()},

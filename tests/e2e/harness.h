@@ -80,6 +80,11 @@ class Production {
     bool with_idle = false;
     std::string quiet = "300ms";
     std::string extra;  // more of the target's table, TOML, appended after [target.health]
+    std::string fleet;  // top-level TOML (a [fleet] table), appended at the end, after every table of the target
+    // When set, the restart command appends "start LABEL EPOCH-NS PGID" before it (and before
+    // restart_delay) and "end LABEL EPOCH-NS" after it to this file, which several hosts may share.
+    std::filesystem::path restart_trace;
+    std::string trace_label;
   };
   explicit Production(Options options);
   Production() : Production(Options{}) {}
@@ -105,6 +110,7 @@ class Production {
   /// throws if it does not within 10 s.
   DaemonProcess& start_watching();
   DaemonProcess& daemon() { return *daemon_; }
+  bool daemon_started() const { return daemon_ != nullptr; }
 
   std::filesystem::path marker(const std::string& name) const { return markers / name; }
   bool has(const std::string& name) const;
