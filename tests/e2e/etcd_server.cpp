@@ -123,8 +123,13 @@ HttpReply http_request(int port, const std::string& method, const std::string& p
   return reply;
 }
 
-EtcdServer::EtcdServer() : client_port_(free_port()), peer_port_(free_port()) {
+EtcdServer::EtcdServer(std::optional<Tls> tls)
+    : client_port_(free_port()), peer_port_(free_port()), tls_(std::move(tls)) {
   while (peer_port_ == client_port_) peer_port_ = free_port();
+  if (tls_) {
+    metrics_port_ = free_port();
+    while (metrics_port_ == client_port_ || metrics_port_ == peer_port_) metrics_port_ = free_port();
+  }
   start();
 }
 
@@ -139,7 +144,7 @@ void EtcdServer::start() {
   const std::string client = endpoint();
   const std::string peer = "http://127.0.0.1:" + std::to_string(peer_port_);
   // On a second start the data dir has the member already and etcd ignores the initial-* flags.
-  const std::vector<std::string> argv = {
+  std::vector<std::string> argv = {
       "etcd",
       "--name=fleet-test",
       "--data-dir=" + (dir_ / "data").string(),
@@ -153,6 +158,12 @@ void EtcdServer::start() {
       "--logger=zap",
       "--log-outputs=stderr",
   };
+  if (tls_) {
+    // etcd's gateway calls etcd itself with the server's certificate: it must allow client use too.
+    argv.insert(argv.end(), {"--cert-file=" + tls_->cert.string(), "--key-file=" + tls_->key.string(),
+                             "--trusted-ca-file=" + tls_->ca.string(), "--client-cert-auth",
+                             "--listen-metrics-urls=http://127.0.0.1:" + std::to_string(metrics_port_)});
+  }
   int log_fd = ::open(log().c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (log_fd < 0) throw std::runtime_error("cannot open " + log().string() + ": " + std::strerror(errno));
   posix_spawn_file_actions_t actions;
@@ -185,7 +196,7 @@ void EtcdServer::wait_until_healthy() {
       throw std::runtime_error("etcd exited (status " + std::to_string(decode_status(status)) + "); its log ends:\n" +
                                text.substr(text.size() > 3000 ? text.size() - 3000 : 0));
     }
-    const HttpReply health = http_request(client_port_, "GET", "/health");
+    const HttpReply health = http_request(tls_ ? metrics_port_ : client_port_, "GET", "/health");
     if (health.status == 200 && health.body.find("\"true\"") != std::string::npos) return;
     std::this_thread::sleep_for(50ms);
   }

@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,9 +34,14 @@ struct EtcdKeyValue {
 /// unless stopped; its log goes to `log()`.
 class EtcdServer {
  public:
+  /// Serving clients over https only, to clients with a certificate signed by `ca` (PEM files).
+  struct Tls {
+    std::filesystem::path ca, cert, key;
+  };
   /// Starts etcd and waits until it answers as healthy; throws (with the log's tail) if it
-  /// does not within 15 s.
-  EtcdServer();
+  /// does not within 15 s. With `tls`, /health is asked on a plain metrics port, and range()
+  /// cannot be used.
+  explicit EtcdServer(std::optional<Tls> tls = std::nullopt);
   /// Kills etcd (SIGKILL) if it still runs.
   ~EtcdServer();
   EtcdServer(const EtcdServer&) = delete;
@@ -48,7 +54,9 @@ class EtcdServer {
   bool running() const { return pid_ > 0; }
 
   /// The client URL, as the [fleet] section's `etcd` list names it.
-  std::string endpoint() const { return "http://127.0.0.1:" + std::to_string(client_port_); }
+  std::string endpoint() const {
+    return (tls_ ? "https://127.0.0.1:" : "http://127.0.0.1:") + std::to_string(client_port_);
+  }
   int client_port() const { return client_port_; }
   std::filesystem::path log() const { return dir_ / "etcd.log"; }
 
@@ -61,6 +69,8 @@ class EtcdServer {
   TempDir dir_;
   int client_port_ = 0;
   int peer_port_ = 0;
+  int metrics_port_ = 0;  // with TLS: where /health is asked over plain HTTP
+  std::optional<Tls> tls_;
   pid_t pid_ = -1;
 };
 
