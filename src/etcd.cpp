@@ -97,7 +97,7 @@ asio::awaitable<std::string> exchange(Stream& stream, const http::request<http::
         message += ": " + std::string(text->as_string());
       }
     }
-    throw EtcdError(where + ": " + message);
+    throw EtcdError(where + ": " + message, true);
   }
   co_return std::move(answer.body());
 }
@@ -222,6 +222,7 @@ asio::awaitable<std::string> EtcdClient::post(const EtcdEndpoint& endpoint, cons
 asio::awaitable<json::object> EtcdClient::call(std::string path, json::object body) {
   const std::string text = json::serialize(body);
   std::string errors;
+  bool answered = false;  // some endpoint refused the request, rather than not answering
   for (std::size_t tried = 0; tried < endpoints_.size(); ++tried) {
     const std::size_t index = (current_ + tried) % endpoints_.size();
     try {
@@ -234,9 +235,10 @@ asio::awaitable<json::object> EtcdClient::call(std::string path, json::object bo
       co_return std::move(doc.as_object());
     } catch (const EtcdError& e) {
       errors += (errors.empty() ? "" : "; ") + std::string(e.what());
+      answered = answered || e.answered();
     }
   }
-  throw EtcdError(errors);
+  throw EtcdError(errors, answered);
 }
 
 asio::awaitable<std::int64_t> EtcdClient::grant_lease(Duration ttl) {

@@ -28,7 +28,13 @@ namespace sentinel {
 /// the request. Every one of them means the same to a deploy: no word from etcd, so no restart.
 class EtcdError : public std::runtime_error {
  public:
-  using std::runtime_error::runtime_error;
+  /// `answered`: etcd itself refused the request (an HTTP error answer), as opposed to no answer.
+  explicit EtcdError(const std::string& what, bool answered = false)
+      : std::runtime_error(what), answered_(answered) {}
+  bool answered() const { return answered_; }
+
+ private:
+  bool answered_;
 };
 
 /// One key as etcd holds it.

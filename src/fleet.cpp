@@ -114,11 +114,38 @@ FleetSlot::FleetSlot(std::shared_ptr<Keeper> keeper) : keeper_(std::move(keeper)
 }
 
 FleetSlot::~FleetSlot() {
+  if (keeper_->stopped) return;  // released (its retry, if any, uses the timer now)
   keeper_->stopped = true;
   keeper_->timer.cancel();
 }
 
 int FleetSlot::index() const { return keeper_->index; }
+
+namespace {
+
+/// How long a release that did not reach etcd is retried in the background. etcd renews every
+/// lease when it comes back (a restarted etcd gives each its whole TTL again), so without a retry
+/// the slot would stay taken for up to lease_ttl after etcd returns.
+constexpr Duration kReleaseRetries{10 * 60 * 1000};
+
+asio::awaitable<void> retry_release(std::shared_ptr<FleetSlot::Keeper> keeper) {
+  const auto give_up = std::chrono::steady_clock::now() + kReleaseRetries;
+  while (std::chrono::steady_clock::now() < give_up) {
+    keeper->timer.expires_after(Duration(1000));
+    auto wait = keeper->timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    co_await std::move(wait);
+    try {
+      auto revoke = keeper->client->revoke(keeper->lease);
+      co_await std::move(revoke);
+      spdlog::info("{}: released fleet slot {} (etcd answers again)", keeper->target, keeper->index);
+      co_return;
+    } catch (const EtcdError& e) {
+      if (e.answered()) co_return;  // etcd knows the lease no more: the slot is free
+    }
+  }
+}
+
+}  // namespace
 
 asio::awaitable<void> FleetSlot::release() {
   if (keeper_->stopped) co_return;
@@ -129,8 +156,10 @@ asio::awaitable<void> FleetSlot::release() {
     co_await std::move(revoke);
     spdlog::info("{}: released fleet slot {}", keeper_->target, keeper_->index);
   } catch (const EtcdError& e) {
-    spdlog::warn("{}: cannot release fleet slot {}: {}; it frees itself when its lease runs out", keeper_->target,
-                 keeper_->index, e.what());
+    if (e.answered()) co_return;  // etcd knows the lease no more (it ran out): the slot is free
+    spdlog::warn("{}: cannot release fleet slot {}: {}; retrying every second until etcd answers (or the lease "
+                 "runs out)", keeper_->target, keeper_->index, e.what());
+    asio::co_spawn(keeper_->timer.get_executor(), retry_release(keeper_), asio::detached);
   }
 }
 

@@ -378,3 +378,41 @@ TEST_CASE("fleet: while etcd is down no host restarts, and once it is back every
   for (auto* d : waiting) CHECK(d->count_lines("prod: etcd unreachable") == 1);  // once per outage
   CHECK(max_concurrent(read_trace(fleet.trace())) == 1);
 }
+
+TEST_CASE("fleet: etcd stopped while a host restarts in its slot: that deploy finishes, the others wait, and the "
+          "slot is given back as soon as etcd returns, not a lease_ttl later") {
+  EtcdServer etcd;
+  Fleet fleet(etcd, {.group = "midway-test", .lease_ttl = "20s"});
+  Production::Options slow;
+  slow.restart_delay = "2";  // etcd goes down in the middle of this restart
+  Production& first = fleet.add(slow);
+  Production& second = fleet.add();
+  fleet.share_history();
+  auto& first_daemon = first.start_watching();
+  auto& second_daemon = second.start_watching();
+  const std::string sha = fleet.commit_everywhere("healthy");
+  first.stage_by_rename();
+  REQUIRE(first_daemon.wait_for_line("took fleet slot 0", 10s) >= 0);
+  REQUIRE(first_daemon.wait_for_line("restarting production on " + short_sha(sha), 10s) >= 0);
+  second.stage_by_rename();
+  const int waiting = second_daemon.wait_for_line("waiting for a fleet slot in group midway-test: held by host-1", 10s);
+  REQUIRE(waiting >= 0);
+
+  etcd.stop();
+  REQUIRE(first_daemon.wait_for_line("deployed " + short_sha(sha), 15s) >= 0);
+  const int unreleased = first_daemon.wait_for_line("cannot release fleet slot 0", 15s);
+  REQUIRE(unreleased >= 0);
+  REQUIRE(second_daemon.wait_for_line("prod: etcd unreachable", 10s, waiting) >= 0);
+  CHECK(second.restarts().size() == 1);  // production's own start only
+
+  const auto up = Clock::now();
+  etcd.start();
+  const int took = second_daemon.wait_for_line("took fleet slot 0", 15s, waiting);
+  REQUIRE(took >= 0);
+  const auto handed_over = ms_between(up, Clock::now());
+  CHECK(first_daemon.wait_for_line("released fleet slot 0 (etcd answers again)", 5s, unreleased) >= 0);
+  CHECK(second_daemon.wait_for_line("deployed " + short_sha(sha), 15s, took) >= 0);
+  MESSAGE("etcd came back; the slot went from host-1 to host-2 " << handed_over << " ms later (lease_ttl 20s)");
+  CHECK(handed_over < 10'000);  // the lease alone would have held it for 20 s
+  CHECK(max_concurrent(read_trace(fleet.trace())) == 1);
+}
