@@ -60,8 +60,12 @@ const TargetConfig& pick_target(const Config& config, const std::string& name) {
 
 int check_config(const std::string& path) {
   Config config = load_config(path);
-  std::cout << path << ": ok, " << config.targets.size() << " target" << (config.targets.size() == 1 ? "" : "s")
-            << "\n";
+  std::cout << path << ": ok, " << config.targets.size() << " target" << (config.targets.size() == 1 ? "" : "s");
+  if (config.fleet) {
+    std::cout << "; host " << config.fleet->host << " of fleet group " << config.fleet->group << " (at most "
+              << config.fleet->max_restarting << " restarting at once)";
+  }
+  std::cout << "\n";
   return 0;
 }
 
