@@ -416,3 +416,29 @@ TEST_CASE("fleet: etcd stopped while a host restarts in its slot: that deploy fi
   CHECK(handed_over < 10'000);  // the lease alone would have held it for 20 s
   CHECK(max_concurrent(read_trace(fleet.trace())) == 1);
 }
+
+TEST_CASE("fleet: a sentinel started again after kill -9 frees the slot its killed run held instead of waiting out "
+          "the lease") {
+  EtcdServer etcd;
+  Fleet fleet(etcd, {.group = "comeback-test", .lease_ttl = "20s"});
+  Production::Options slow;
+  slow.restart_delay = "2";
+  Production& host = fleet.add(slow);
+  auto& killed = host.start_watching();
+  const std::string sha = host.commit("healthy");
+  host.stage_by_rename();
+  REQUIRE(killed.wait_for_line("took fleet slot 0", 10s) >= 0);
+  REQUIRE(killed.wait_for_line("restarting production on " + short_sha(sha), 10s) >= 0);
+  killed.kill_hard();
+  REQUIRE(etcd.range(fleet.slot_prefix()).size() == 1);
+
+  const auto again = Clock::now();
+  auto& daemon = host.start_daemon();
+  REQUIRE(daemon.wait_for_line("freed fleet slot 0, left by an earlier run on this host (deploying " + short_sha(sha),
+                               10s) >= 0);
+  REQUIRE(daemon.wait_for_line("took fleet slot 0", 10s) >= 0);
+  REQUIRE(daemon.wait_for_line("deployed " + short_sha(sha), 15s) >= 0);
+  const auto took_ms = ms_between(again, Clock::now());
+  MESSAGE("deployed " << took_ms << " ms after the sentinel started again (lease_ttl 20s)");
+  CHECK(took_ms < 15'000);
+}
