@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cctype>
 #include <fstream>
 #include <future>
@@ -344,6 +345,9 @@ namespace {
 
 /// How often a deploy waiting for a fleet slot (or for etcd) asks again.
 constexpr Duration kFleetPoll{500};
+/// The most an etcd call may take while the deploy holds the lease or pause lock (`hold` and
+/// `pause` wait for them).
+constexpr Duration kUnderLocks{2000};
 
 std::string fleet_refusal(const BadCommit& bad) { return "reverted on host " + bad.host + ": " + bad.reason; }
 
@@ -382,6 +386,7 @@ struct DeployMachine::Deploy {
   bool preflight_passed = false;            // the pre-flight vouched for `commit`
   bool ignore_holds = false;                // an operator's revert: pauses and windows do not hold it
   std::unique_ptr<FleetSlot> slot;          // [fleet]: the restart slot, from before the restart to the outcome
+  std::int64_t fleet_lease = 0;             // [fleet]: its lease, recorded (a stopped run's, when resumed)
   std::string failed_because;               // [fleet]: why `commit` failed here, to record for the group
 
   /// "deploy of 3f2c1a9e0b4d" or "recovery of production on 3f2c1a9e0b4d", for messages.
@@ -460,6 +465,7 @@ boost::system::error_code DeployMachine::write_record(const Deploy& deploy, bool
                    {"message", deploy.marker.message},
                    {"recovery", deploy.recovery},
                    {"restart_began_ticks", deploy.restart_began}};
+  if (deploy.fleet_lease != 0) doc["fleet_lease"] = std::to_string(deploy.fleet_lease);
   if (deploy.preflight_pid > 0) {
     doc["preflight_pid"] = deploy.preflight_pid;
     doc["preflight_pid_start"] = deploy.preflight_start;
@@ -731,6 +737,9 @@ asio::awaitable<DeployMachine::Next> DeployMachine::next_deploy(Deploy& deploy) 
       deploy.marker.staged_by = text("staged_by");
       deploy.marker.message = text("message");
       deploy.recovery = obj.contains("recovery") && obj.at("recovery").is_bool() && obj.at("recovery").as_bool();
+      if (const std::string lease = text("fleet_lease"); !lease.empty()) {
+        std::from_chars(lease.data(), lease.data() + lease.size(), deploy.fleet_lease);
+      }
       // Ticks since boot mean nothing after a reboot (and every process is new then anyway).
       if (auto it = obj.find("restart_began_ticks"); it != obj.end() && text("boot_id") == boot_id()) {
         if (auto ticks = it->value().if_uint64()) deploy.restart_began = *ticks;
@@ -1459,6 +1468,10 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
   }
   const std::string& resumed = deploy.resumed_phase;
   if (is_revert_phase(resumed) || resumed == "verifying") {
+    // The stopped run's slot, if its lease still lives: a revert from here on restarts production.
+    // Without it (etcd unreachable, or the lease ran out) this goes on all the same: production is
+    // in the middle of a deploy that was already under way.
+    if (fleet_) co_await adopt_fleet_slot(deploy);
     // Production may be replaced again from here on: record that under the lease lock first, so
     // that a hold from now on is refused (one taken while no sentinel ran was too early to see it).
     RestartPermit permit = co_await permit_without_lease();
@@ -1487,11 +1500,22 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
       spdlog::warn("{}: the sentinel stopped while restarting {}, so that restart's outcome is unknown: restarting "
                    "once more",
                    target_.name, short_sha(deploy.commit));
-      if (fleet_) {
-        const Gate slot = co_await take_fleet_slot(deploy, true);
-        if (slot == Gate::over) co_return;
+      if (fleet_) co_await adopt_fleet_slot(deploy);
+      for (;;) {
+        co_await wait_for_permit(deploy);
+        if (!fleet_ || (deploy.slot && deploy.slot->valid())) break;
+        co_await give_back(deploy.slot);
+        const Gate now = co_await take_fleet_slot(deploy);
+        if (now == Gate::go) break;
+        deploy.permit = {};
+        if (now == Gate::over) co_return;
+        const Gate freed = co_await wait_for_fleet_slot(deploy);
+        if (freed == Gate::outage) {
+          deploy.permit = co_await permit_without_lease();
+          break;
+        }
       }
-      co_await wait_for_permit(deploy);
+      const std::string interrupted = deploy.commit;
       HeadCommit head = co_await actions_.head();
       if (head.error.empty() && head.commit != deploy.commit) {
         // A pre-flight (or the marker's commit) vouched for the commit of the record, not for HEAD.
@@ -1507,10 +1531,14 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
                      short_sha(deploy.commit), short_sha(head.commit), short_sha(head.commit));
         deploy.commit = head.commit;
       }
+      if (fleet_ && deploy.slot && deploy.commit != interrupted) {
+        const bool refused = co_await refused_by_fleet(deploy, true);  // the slot was taken for the other commit
+        if (refused) co_return;
+      }
     } else {
       if (fleet_) {
         // Asked again under the slot; asked now so as not to wait for idle for a commit known bad.
-        const bool refused = co_await refused_by_fleet(deploy);
+        const bool refused = co_await refused_by_fleet(deploy, false);
         if (refused) co_return;
       }
       for (;;) {
@@ -1522,26 +1550,23 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
         if (target_.idle || (target_.preflight && !deploy.preflight_passed)) {
           const Gate idle = co_await preflight_and_idle(deploy);
           if (idle == Gate::over) co_return;
-          if (idle == Gate::held) {
-            co_await give_back(deploy.slot);
-            continue;
-          }
+          if (idle == Gate::held) continue;
           if (idle == Gate::outage) break;
         }
         // Once more under the pause lock: a pause recorded after this look sees "restarting" and is refused.
         deploy.pause_lock = co_await lock_pause();
         if (holds().none()) {
-          if (!fleet_ || deploy.slot) break;
-          // A slot free now is taken at once, under the locks: the agent's idle moment is not lost.
-          const Gate now = co_await take_fleet_slot(deploy, false);
-          if (now == Gate::go || now == Gate::outage) break;
+          if (!fleet_) break;
+          // Taken only now, right before the restart and under the locks, so that it is never held
+          // through a wait (a pause, a window, an agent's cycle) while other hosts wait for it.
+          const Gate now = co_await take_fleet_slot(deploy);
+          if (now == Gate::go) break;
           deploy.pause_lock.reset();
           deploy.permit = {};
           if (now == Gate::over) co_return;
-          // None is free: `hold` and `pause` go on while this waits, then the gates are passed again.
-          const Gate waited = co_await take_fleet_slot(deploy, true);
-          if (waited == Gate::over) co_return;
-          if (waited == Gate::outage) {
+          // None is free: `hold` and `pause` go on while this waits; then through the gates again.
+          const Gate freed = co_await wait_for_fleet_slot(deploy);
+          if (freed == Gate::outage) {
             deploy.permit = co_await permit_without_lease();
             break;
           }
@@ -1549,7 +1574,6 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
         }
         deploy.pause_lock.reset();
         deploy.permit = {};
-        co_await give_back(deploy.slot);  // held again: other hosts go first
       }
       // The agent may have committed while we waited (without a wait HEAD was read just now).
       HeadCommit head;
@@ -1567,6 +1591,10 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
         spdlog::info("{}: HEAD moved from {} to {} while waiting for idle; deploying {}", target_.name,
                      short_sha(deploy.commit), short_sha(head.commit), short_sha(head.commit));
         deploy.commit = head.commit;
+        if (deploy.slot) {
+          const bool refused = co_await refused_by_fleet(deploy, true);  // the slot was taken for the other commit
+          if (refused) co_return;
+        }
       }
     }
     verdict = co_await restart_and_verify(deploy, false);
@@ -1594,7 +1622,53 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
 // ---- fleet -------------------------------------------------------------------------------------
 
 
-asio::awaitable<DeployMachine::Gate> DeployMachine::take_fleet_slot(Deploy& deploy, bool wait) {
+asio::awaitable<DeployMachine::Gate> DeployMachine::take_fleet_slot(Deploy& deploy) {
+  const FleetConfig& fleet = fleet_->config();
+  Fleet::Attempt attempt;
+  std::optional<BadCommit> bad;
+  try {
+    auto take = within(fleet_->try_take_slot(target_.name, deploy.commit, deploy.fleet_lease), kUnderLocks);
+    attempt = co_await std::move(take);
+    // Asked under the slot: a host that reverted this commit recorded it before giving its slot back.
+    // (An operator's revert goes away from deploy.commit: nothing to ask.)
+    if (attempt.slot && !deploy.operator_revert) {
+      auto check = within(fleet_->bad_commit(deploy.commit), kUnderLocks);
+      bad = co_await std::move(check);
+    }
+  } catch (const EtcdError& e) {
+    if (etcd_trouble_.empty()) {
+      spdlog::error("{}: etcd unreachable ({}); no deploy restarts until it answers", target_.name, e.what());
+    }
+    etcd_trouble_ = e.what();
+  }
+  if (!attempt.slot) co_return Gate::held;  // dropped untaken if etcd failed after the take: its lease runs out
+  if (!etcd_trouble_.empty()) spdlog::info("{}: etcd answers again", target_.name);
+  etcd_trouble_.clear();
+  deploy.fleet_lease = attempt.slot->lease();
+  deploy.slot = std::move(attempt.slot);
+  if (!bad) {
+    spdlog::info("{}: took fleet slot {} of {} in group {}", target_.name, deploy.slot->index(), fleet.max_restarting,
+                 fleet.group);
+    co_return Gate::go;
+  }
+  deploy.pause_lock.reset();
+  deploy.permit = {};
+  const std::string refusal = fleet_refusal(*bad);
+  if (deploy.resumed_phase == "restarting") {
+    // The interrupted restart may have put production on the commit already: go back to known-good,
+    // as after a failed deploy, under this slot. The group knows the commit already.
+    Verdict failure{false, refusal, {}};
+    co_await revert(deploy, std::move(failure));
+    deploy.failed_because.clear();
+    co_return Gate::over;
+  }
+  co_await give_back(deploy.slot);
+  auto refuse = reject_commit(deploy, refusal, "fleet", {});  // named: g++ 12
+  co_await std::move(refuse);
+  co_return Gate::over;
+}
+
+asio::awaitable<DeployMachine::Gate> DeployMachine::wait_for_fleet_slot(Deploy& deploy) {
   const FleetConfig& fleet = fleet_->config();
   std::string last;
   for (;;) {
@@ -1603,31 +1677,12 @@ asio::awaitable<DeployMachine::Gate> DeployMachine::take_fleet_slot(Deploy& depl
     if (monitor_ && monitor_->down()) co_return Gate::outage;
     std::string why;
     try {
-      auto take = fleet_->try_take_slot(target_.name, deploy.commit);
-      Fleet::Attempt attempt = co_await std::move(take);
+      auto look = fleet_->look_for_slot(target_.name, deploy.fleet_lease);
+      const Fleet::Attempt attempt = co_await std::move(look);
       if (!etcd_trouble_.empty()) spdlog::info("{}: etcd answers again", target_.name);
       etcd_trouble_.clear();
-      if (attempt.slot) {
-        // Asked under the slot: a host that reverted this commit recorded it before giving its slot back.
-        // (An operator's revert goes away from deploy.commit: nothing to ask.)
-        std::optional<BadCommit> bad;
-        if (!deploy.operator_revert) {
-          auto check = fleet_->bad_commit(deploy.commit);
-          bad = co_await std::move(check);
-        }
-        if (bad) {
-          co_await give_back(attempt.slot);
-          deploy.pause_lock.reset();
-          deploy.permit = {};
-          co_await reject_commit(deploy, fleet_refusal(*bad), "fleet", {});
-          co_return Gate::over;
-        }
-        spdlog::info("{}: took fleet slot {} of {} in group {}", target_.name, attempt.slot->index(),
-                     fleet.max_restarting, fleet.group);
-        deploy.slot = std::move(attempt.slot);
-        co_return Gate::go;
-      }
-      why = "held by " + Fleet::describe(attempt.holders);
+      if (attempt.free) co_return Gate::go;
+      why = "held by " + attempt.held_by;
     } catch (const EtcdError& e) {
       if (etcd_trouble_.empty()) {
         spdlog::error("{}: etcd unreachable ({}); no deploy restarts until it answers", target_.name, e.what());
@@ -1635,7 +1690,6 @@ asio::awaitable<DeployMachine::Gate> DeployMachine::take_fleet_slot(Deploy& depl
       etcd_trouble_ = e.what();
       why = "etcd unreachable, so no restart until it answers";
     }
-    if (!wait) co_return Gate::held;
     if (why != last) {
       log_claim(deploy);
       spdlog::info("{}: waiting for a fleet slot in group {}: {}", target_.name, fleet.group, why);
@@ -1646,39 +1700,86 @@ asio::awaitable<DeployMachine::Gate> DeployMachine::take_fleet_slot(Deploy& depl
   }
 }
 
-asio::awaitable<bool> DeployMachine::refused_by_fleet(Deploy& deploy) {
-  std::optional<BadCommit> bad;
+asio::awaitable<void> DeployMachine::adopt_fleet_slot(Deploy& deploy) {
+  if (deploy.fleet_lease == 0 || deploy.slot) co_return;
   try {
-    auto check = fleet_->bad_commit(deploy.commit);
+    auto adopt = within(fleet_->adopt_slot(target_.name, deploy.fleet_lease), kUnderLocks);
+    deploy.slot = co_await std::move(adopt);
+  } catch (const EtcdError& e) {
+    spdlog::warn("{}: cannot ask etcd for the fleet slot the stopped run held ({}); going on without it",
+                 target_.name, e.what());
+  }
+}
+
+asio::awaitable<bool> DeployMachine::refused_by_fleet(Deploy& deploy, bool strict) {
+  std::optional<BadCommit> bad;
+  std::string unanswered;
+  try {
+    auto check = within(fleet_->bad_commit(deploy.commit), kUnderLocks);
     bad = co_await std::move(check);
-  } catch (const EtcdError&) {
-    co_return false;  // asked again once a slot is taken, which needs etcd anyway
+  } catch (const EtcdError& e) {
+    if (!strict) co_return false;  // asked again under the slot, which needs etcd anyway
+    unanswered = e.what();
+  }
+  if (!unanswered.empty()) {
+    deploy.permit = {};
+    deploy.pause_lock.reset();
+    co_await give_back(deploy.slot);
+    reject(marker_file::in_progress,
+           "HEAD moved to " + deploy.commit + " after the fleet slot was taken, and etcd cannot say whether the "
+           "group saw it fail (" + unanswered + "); stage again",
+           deploy.marker.text, deploy.marker.commit);
+    co_return true;
   }
   if (!bad) co_return false;
-  co_await reject_commit(deploy, fleet_refusal(*bad), "fleet", {});
+  deploy.permit = {};
+  deploy.pause_lock.reset();
+  co_await give_back(deploy.slot);
+  const std::string refusal = fleet_refusal(*bad);
+  auto refuse = reject_commit(deploy, refusal, "fleet", {});  // named: g++ 12
+  co_await std::move(refuse);
   co_return true;
 }
 
 asio::awaitable<void> DeployMachine::carry_out_and_release(Deploy& deploy) {
   std::exception_ptr error;
+  bool record_unwritable = false;
   try {
     co_await carry_out(deploy);
+  } catch (const RecordUnwritable&) {
+    error = std::current_exception();
+    record_unwritable = true;
   } catch (...) {
     error = std::current_exception();
   }
   if (fleet_ && !deploy.failed_because.empty()) {
     const std::string& group = fleet_->config().group;
+    bool recorded = false;
     try {
       auto mark = fleet_->mark_bad(deploy.commit, target_.name, deploy.failed_because);
       co_await std::move(mark);
+      recorded = true;
       spdlog::info("{}: recorded {} as bad for group {}: the other hosts refuse it", target_.name,
                    short_sha(deploy.commit), group);
     } catch (const EtcdError& e) {
-      spdlog::error("{}: cannot record {} as bad for group {} in etcd ({}); other hosts may deploy it", target_.name,
-                    short_sha(deploy.commit), group, e.what());
+      spdlog::error("{}: cannot record {} as bad for group {} in etcd yet ({}); the fleet slot is kept until it is, "
+                    "so that no other host deploys it meanwhile", target_.name, short_sha(deploy.commit), group,
+                    e.what());
+    }
+    if (!recorded) {
+      fleet_->mark_bad_then_release(deploy.commit, target_.name, deploy.failed_because, std::move(deploy.slot));
     }
   }
-  co_await give_back(deploy.slot);
+  // Stopped after the restart was recorded: production is in the middle of it. The slot is kept
+  // (its lease runs on, no longer renewed) and named in the record, for the next run to take over.
+  const bool mid_restart = error && !record_unwritable && deploy.record_phase != "waiting-idle" &&
+                           deploy.record_phase != "held" && deploy.record_phase != "preflight" &&
+                           !deploy.record_phase.empty();
+  if (mid_restart) {
+    deploy.slot.reset();
+  } else {
+    co_await give_back(deploy.slot);
+  }
   if (error) std::rethrow_exception(error);
 }
 
@@ -1900,8 +2001,9 @@ asio::awaitable<DeployMachine::Gate> DeployMachine::preflight_and_idle(Deploy& d
     }
   }
   if (failed) {
-    co_await reject_commit(deploy, "pre-flight of " + short_sha(deploy.commit) + " failed: " + failed->reason,
-                           "preflight", failed->output);
+    const std::string refusal = "pre-flight of " + short_sha(deploy.commit) + " failed: " + failed->reason;
+    auto refuse = reject_commit(deploy, refusal, "preflight", failed->output);  // named: g++ 12
+    co_await std::move(refuse);
     co_return Gate::over;
   }
   if (superseded) {
@@ -2063,18 +2165,25 @@ asio::awaitable<DeployMachine::Next> DeployMachine::take_revert_request(Deploy& 
 }
 
 asio::awaitable<void> DeployMachine::operator_revert(Deploy& deploy) {
-  if (fleet_ && !deploy.revert_now) {
-    // A restart like any other for the group's capacity; --now goes at once.
-    const Gate slot = co_await take_fleet_slot(deploy, true);
-    if (slot == Gate::over) co_return;
-  }
-  if (target_.idle && !deploy.revert_now) {
-    // The operator asked for it: pauses, windows and min_interval hold deploys, not this; the
-    // agent's cycle is still waited for.
-    deploy.ignore_holds = true;
-    co_await wait_until_idle(deploy);
-  } else {
-    deploy.permit = co_await permit_without_lease();
+  // A restart like any other for the group's capacity, so it takes a fleet slot; --now goes at once.
+  bool need_slot = fleet_ && !deploy.revert_now;
+  for (;;) {
+    if (need_slot) {
+      const Gate freed = co_await wait_for_fleet_slot(deploy);
+      if (freed == Gate::outage) need_slot = false;  // down: nothing left to protect
+    }
+    if (target_.idle && !deploy.revert_now) {
+      // The operator asked for it: pauses, windows and min_interval hold deploys, not this; the
+      // agent's cycle is still waited for.
+      deploy.ignore_holds = true;
+      co_await wait_until_idle(deploy);
+    } else {
+      deploy.permit = co_await permit_without_lease();
+    }
+    if (!need_slot) break;
+    const Gate now = co_await take_fleet_slot(deploy);
+    if (now == Gate::go) break;
+    deploy.permit = {};
   }
   // "reverting" refuses holds from here on: the lease lock is not kept through the reset and build.
   enter(Phase::reverting, deploy.previous_known_good, deploy.failure_reason);

@@ -208,15 +208,23 @@ class DeployMachine {
   void log_claim(Deploy& deploy);
   /// The wait for idle, with the pre-flight (when configured and not yet passed) beside it.
   boost::asio::awaitable<Gate> preflight_and_idle(Deploy& deploy);
-  /// [fleet]: takes a restart slot of the group (without `wait`, only when one is free now);
-  /// `go` with the slot in `deploy`, `held` when none was free (without `wait`), `over` when the
-  /// group has seen the commit fail (the deploy is rejected), `outage` when production went down.
-  /// While etcd does not answer, no slot is taken: a restart then waits.
-  boost::asio::awaitable<Gate> take_fleet_slot(Deploy& deploy, bool wait);
-  /// [fleet]: the group's record of the deploy's commit failing on another host, if etcd says so
-  /// now; then the deploy is rejected (`true`).
-  boost::asio::awaitable<bool> refused_by_fleet(Deploy& deploy);
-  /// carry_out, then gives back the fleet slot it took, also when it ends by an exception.
+  /// [fleet]: takes a free restart slot of the group for the restart about to be made, without
+  /// waiting and within 2 s (it runs under the lease and pause locks): `go` with the slot in
+  /// `deploy`, `held` when none is free or etcd does not answer, `over` when the group has seen
+  /// the commit fail (the deploy is rejected, or reverted when its restart may have happened).
+  boost::asio::awaitable<Gate> take_fleet_slot(Deploy& deploy);
+  /// [fleet]: waits, holding no lock, until a slot looks free (`go`) or production is down (`outage`);
+  /// while etcd does not answer, nothing looks free, so no restart happens.
+  boost::asio::awaitable<Gate> wait_for_fleet_slot(Deploy& deploy);
+  /// [fleet]: the slot a stopped run held for this deploy (its record names the lease), taken
+  /// over if its lease still lives.
+  boost::asio::awaitable<void> adopt_fleet_slot(Deploy& deploy);
+  /// [fleet]: asks the group about the deploy's commit; true when the group saw it fail (the
+  /// deploy has been rejected then). `strict`: etcd not answering rejects the deploy too.
+  boost::asio::awaitable<bool> refused_by_fleet(Deploy& deploy, bool strict);
+  /// carry_out, then gives back the fleet slot it took: at once, after recording a failed commit
+  /// for the group; kept (not renewed) when a stop comes after the restart was recorded, for the
+  /// next run to take over.
   boost::asio::awaitable<void> carry_out_and_release(Deploy& deploy);
   /// After a failed pre-flight: waits until the agent is idle (holding the permit from then on) and
   /// says whether the checkout still holds the refused commit, so that it may be reset.

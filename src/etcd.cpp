@@ -97,7 +97,7 @@ asio::awaitable<std::string> exchange(Stream& stream, const http::request<http::
         message += ": " + std::string(text->as_string());
       }
     }
-    throw EtcdError(where + ": " + message, true);
+    throw EtcdError(where + ": " + message, answer.result_int());
   }
   co_return std::move(answer.body());
 }
@@ -222,7 +222,7 @@ asio::awaitable<std::string> EtcdClient::post(const EtcdEndpoint& endpoint, cons
 asio::awaitable<json::object> EtcdClient::call(std::string path, json::object body) {
   const std::string text = json::serialize(body);
   std::string errors;
-  bool answered = false;  // some endpoint refused the request, rather than not answering
+  unsigned refused = 0;  // the status an endpoint refused the request with, rather than not answering
   for (std::size_t tried = 0; tried < endpoints_.size(); ++tried) {
     const std::size_t index = (current_ + tried) % endpoints_.size();
     try {
@@ -234,11 +234,13 @@ asio::awaitable<json::object> EtcdClient::call(std::string path, json::object bo
       current_ = index;
       co_return std::move(doc.as_object());
     } catch (const EtcdError& e) {
+      // A request etcd calls wrong (4xx: no such lease, a malformed request) is wrong on every member.
+      if (e.status() >= 400 && e.status() < 500) throw;
       errors += (errors.empty() ? "" : "; ") + std::string(e.what());
-      answered = answered || e.answered();
+      if (e.status() != 0) refused = e.status();
     }
   }
-  throw EtcdError(errors, answered);
+  throw EtcdError(errors, refused);
 }
 
 asio::awaitable<std::int64_t> EtcdClient::grant_lease(Duration ttl) {

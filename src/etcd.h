@@ -8,9 +8,14 @@
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/json/object.hpp>
 
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -28,13 +33,12 @@ namespace sentinel {
 /// the request. Every one of them means the same to a deploy: no word from etcd, so no restart.
 class EtcdError : public std::runtime_error {
  public:
-  /// `answered`: etcd itself refused the request (an HTTP error answer), as opposed to no answer.
-  explicit EtcdError(const std::string& what, bool answered = false)
-      : std::runtime_error(what), answered_(answered) {}
-  bool answered() const { return answered_; }
+  /// `status`: the HTTP status etcd refused the request with (404: no such lease), 0 for no answer.
+  explicit EtcdError(const std::string& what, unsigned status = 0) : std::runtime_error(what), status_(status) {}
+  unsigned status() const { return status_; }
 
  private:
-  bool answered_;
+  unsigned status_;
 };
 
 /// One key as etcd holds it.
@@ -85,5 +89,32 @@ class EtcdClient {
   std::size_t current_ = 0;  // the endpoint that answered last
   std::unique_ptr<boost::asio::ssl::context> tls_;  // for https endpoints
 };
+
+/// `call`, or EtcdError if it has not finished within `limit` (it is then cancelled): for etcd
+/// calls made while holding something others wait for.
+template <typename T>
+boost::asio::awaitable<T> within(boost::asio::awaitable<T> call, Duration limit) {
+  struct Ended {
+    std::optional<T> value;
+    std::exception_ptr error;
+  };
+  // Wrapped so that a quick failure ends the race too: `||` waits for a success.
+  auto guarded = [](boost::asio::awaitable<T> c) -> boost::asio::awaitable<Ended> {
+    try {
+      T value = co_await std::move(c);
+      co_return Ended{std::move(value), nullptr};
+    } catch (...) {
+      co_return Ended{std::nullopt, std::current_exception()};
+    }
+  };
+  boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor, limit);
+  using boost::asio::experimental::awaitable_operators::operator||;
+  auto race = guarded(std::move(call)) || timer.async_wait(boost::asio::use_awaitable);
+  auto result = co_await std::move(race);
+  if (result.index() == 1) throw EtcdError("no answer from etcd within " + format_duration(limit));
+  Ended& ended = std::get<0>(result);
+  if (ended.error) std::rethrow_exception(ended.error);
+  co_return std::move(*ended.value);
+}
 
 }  // namespace sentinel

@@ -4,6 +4,7 @@
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -49,7 +50,9 @@ int slot_number(const std::string& key) {
 
 SlotHolder holder_from(const EtcdKey& kv) {
   const json::object doc = parse_object(kv.value);
-  return SlotHolder{slot_number(kv.key), text_field(doc, "host"), text_field(doc, "target"),
+  const json::value* max = doc.if_contains("max_restarting");
+  const int most = max != nullptr && max->is_int64() ? static_cast<int>(std::clamp<std::int64_t>(max->as_int64(), 0, 1000)) : 0;
+  return SlotHolder{slot_number(kv.key), most, text_field(doc, "host"), text_field(doc, "target"),
                     text_field(doc, "commit"), text_field(doc, "since")};
 }
 
@@ -63,37 +66,47 @@ BadCommit bad_from(const EtcdKey& kv) {
 
 // ---- a held slot ------------------------------------------------------------------------------
 
+using SteadyClock = std::chrono::steady_clock;
+
 struct FleetSlot::Keeper {
   std::shared_ptr<EtcdClient> client;
   std::int64_t lease = 0;
   int index = 0;
   std::string target;
-  Duration every{};
+  Duration every{};                    // between renewals, and the most one may take
   asio::steady_timer timer;
+  SteadyClock::time_point valid_until; // the lease lasts at least until then, as etcd last said
+  bool lost = false;                   // etcd said the lease is gone
   bool stopped = false;
 };
 
 namespace {
 
-/// Renews the slot's lease until the slot is released or dropped. An etcd that does not answer
-/// is logged once; renewals go on, since the lease outlives one missed renewal by two more.
+/// Renews the slot's lease until the slot is released or dropped: every `every`, each renewal cut
+/// off after `every`, so that a black-holed endpoint costs one renewal, not the lease. etcd not
+/// answering is logged once; renewals go on, since the lease outlives two missed ones.
 asio::awaitable<void> keep_renewing(std::shared_ptr<FleetSlot::Keeper> keeper) {
   bool failing = false;
+  auto next = SteadyClock::now() + keeper->every;
   for (;;) {
-    keeper->timer.expires_after(keeper->every);
+    keeper->timer.expires_at(next);
     auto wait = keeper->timer.async_wait(asio::as_tuple(asio::use_awaitable));
     co_await std::move(wait);
     if (keeper->stopped) co_return;
+    const auto asked = SteadyClock::now();
+    next = asked + keeper->every;
     try {
-      auto renew = keeper->client->keep_alive(keeper->lease);
+      auto renew = within(keeper->client->keep_alive(keeper->lease), keeper->every);
       const std::int64_t ttl = co_await std::move(renew);
       if (keeper->stopped) co_return;
       if (ttl <= 0) {
+        keeper->lost = true;
         spdlog::error("{}: fleet slot {} is lost: its lease ran out (etcd unreachable for longer than lease_ttl?); "
-                      "another host may restart at the same time as this one",
+                      "no restart is started on it",
                       keeper->target, keeper->index);
         co_return;
       }
+      keeper->valid_until = asked + std::chrono::seconds(ttl);
       if (failing) spdlog::info("{}: fleet slot {} renewed again", keeper->target, keeper->index);
       failing = false;
     } catch (const EtcdError& e) {
@@ -103,6 +116,31 @@ asio::awaitable<void> keep_renewing(std::shared_ptr<FleetSlot::Keeper> keeper) {
                      keeper->target, keeper->index, e.what());
       }
       failing = true;
+    }
+  }
+}
+
+/// How long a release that did not reach etcd is retried in the background. etcd renews every
+/// lease when it comes back (a restarted etcd gives each its whole TTL again), so without a retry
+/// the slot would stay taken for up to lease_ttl after etcd returns.
+constexpr Duration kReleaseRetries{10 * 60 * 1000};
+
+/// etcd says the lease does not exist (any more): its slot is free.
+bool lease_gone(const EtcdError& e) { return e.status() == 404; }
+
+asio::awaitable<void> retry_release(std::shared_ptr<FleetSlot::Keeper> keeper) {
+  const auto give_up = SteadyClock::now() + kReleaseRetries;
+  while (SteadyClock::now() < give_up) {
+    keeper->timer.expires_after(Duration(1000));
+    auto wait = keeper->timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    co_await std::move(wait);
+    try {
+      auto revoke = keeper->client->revoke(keeper->lease);
+      co_await std::move(revoke);
+      spdlog::info("{}: released fleet slot {} (etcd answers again)", keeper->target, keeper->index);
+      co_return;
+    } catch (const EtcdError& e) {
+      if (lease_gone(e)) co_return;
     }
   }
 }
@@ -121,31 +159,11 @@ FleetSlot::~FleetSlot() {
 
 int FleetSlot::index() const { return keeper_->index; }
 
-namespace {
+std::int64_t FleetSlot::lease() const { return keeper_->lease; }
 
-/// How long a release that did not reach etcd is retried in the background. etcd renews every
-/// lease when it comes back (a restarted etcd gives each its whole TTL again), so without a retry
-/// the slot would stay taken for up to lease_ttl after etcd returns.
-constexpr Duration kReleaseRetries{10 * 60 * 1000};
-
-asio::awaitable<void> retry_release(std::shared_ptr<FleetSlot::Keeper> keeper) {
-  const auto give_up = std::chrono::steady_clock::now() + kReleaseRetries;
-  while (std::chrono::steady_clock::now() < give_up) {
-    keeper->timer.expires_after(Duration(1000));
-    auto wait = keeper->timer.async_wait(asio::as_tuple(asio::use_awaitable));
-    co_await std::move(wait);
-    try {
-      auto revoke = keeper->client->revoke(keeper->lease);
-      co_await std::move(revoke);
-      spdlog::info("{}: released fleet slot {} (etcd answers again)", keeper->target, keeper->index);
-      co_return;
-    } catch (const EtcdError& e) {
-      if (e.answered()) co_return;  // etcd knows the lease no more: the slot is free
-    }
-  }
+bool FleetSlot::valid() const {
+  return !keeper_->lost && !keeper_->stopped && SteadyClock::now() + keeper_->every < keeper_->valid_until;
 }
-
-}  // namespace
 
 asio::awaitable<void> FleetSlot::release() {
   if (keeper_->stopped) co_return;
@@ -156,7 +174,7 @@ asio::awaitable<void> FleetSlot::release() {
     co_await std::move(revoke);
     spdlog::info("{}: released fleet slot {}", keeper_->target, keeper_->index);
   } catch (const EtcdError& e) {
-    if (e.answered()) co_return;  // etcd knows the lease no more (it ran out): the slot is free
+    if (lease_gone(e)) co_return;  // it ran out: the slot is free
     spdlog::warn("{}: cannot release fleet slot {}: {}; retrying every second until etcd answers (or the lease "
                  "runs out)", keeper_->target, keeper_->index, e.what());
     asio::co_spawn(keeper_->timer.get_executor(), retry_release(keeper_), asio::detached);
@@ -165,40 +183,91 @@ asio::awaitable<void> FleetSlot::release() {
 
 // ---- the group ---------------------------------------------------------------------------------
 
+/// publish()'s latest outcome per target not yet written, and whether a write is under way.
+struct Fleet::Outbox {
+  std::map<std::string, std::string> latest;  // target -> the value to write
+  std::map<std::string, bool> writing;
+};
+
 Fleet::Fleet(const FleetConfig& config, asio::any_io_executor executor)
     : config_(config),
       executor_(executor),
       client_(std::make_shared<EtcdClient>(executor, config)),
-      prefix_("deploy-sentinel/" + config.group + "/") {}
+      prefix_("deploy-sentinel/" + config.group + "/"),
+      outbox_(std::make_shared<Outbox>()) {}
 
-asio::awaitable<Fleet::Attempt> Fleet::try_take_slot(std::string target, std::string commit) {
+asio::awaitable<Fleet::Attempt> Fleet::look(const std::string& target, std::int64_t stale_lease, int& free_index) {
   Attempt attempt;
+  free_index = -1;
   auto list = client_->list(key("slot/"));
   std::vector<EtcdKey> taken = co_await std::move(list);
+  std::vector<SlotHolder> holders;
   for (const EtcdKey& kv : taken) {
     SlotHolder holder = holder_from(kv);
-    if (holder.host == config_.host && holder.target == target) {
-      // This target deploys one commit at a time, and one sentinel runs per host: a slot it
-      // holds now was left by a run that was killed, or whose release did not reach etcd.
-      auto revoke = client_->revoke(kv.lease);
-      co_await std::move(revoke);
+    if (stale_lease != 0 && kv.lease == stale_lease) {
+      // Left by this target's run that was stopped (its record names the lease): nobody else's.
+      try {
+        auto revoke = client_->revoke(kv.lease);
+        co_await std::move(revoke);
+      } catch (const EtcdError& e) {
+        if (!lease_gone(e)) throw;
+      }
       spdlog::warn("{}: freed fleet slot {}, left by an earlier run on this host (deploying {} since {})", target,
                    holder.slot, holder.commit.substr(0, 12), holder.since);
       continue;
     }
-    attempt.holders.push_back(std::move(holder));
+    holders.push_back(std::move(holder));
+  }
+  // Hosts whose configs disagree on max_restarting: the smallest of them counts, and every holder
+  // counts against it, whatever its slot's number.
+  int most = config_.max_restarting;
+  for (const SlotHolder& h : holders) {
+    if (h.max_restarting > 0 && h.max_restarting != config_.max_restarting) {
+      const std::string mismatch = "host " + h.host + " of group " + config_.group + " has max_restarting = " +
+                                   std::to_string(h.max_restarting) + ", this host " +
+                                   std::to_string(config_.max_restarting);
+      if (mismatch != mismatch_noted_) spdlog::warn("{}: {}: the smaller counts; make them agree", target, mismatch);
+      mismatch_noted_ = mismatch;
+      most = std::min(most, h.max_restarting);
+    }
   }
   std::vector<bool> held(static_cast<std::size_t>(config_.max_restarting), false);
-  for (const SlotHolder& holder : attempt.holders) {
-    if (holder.slot >= 0 && holder.slot < config_.max_restarting) held[static_cast<std::size_t>(holder.slot)] = true;
+  for (const SlotHolder& h : holders) {
+    if (h.slot >= 0 && h.slot < config_.max_restarting) held[static_cast<std::size_t>(h.slot)] = true;
   }
-  const auto free = std::find(held.begin(), held.end(), false);
-  if (free == held.end()) co_return attempt;
+  const auto first_free = std::find(held.begin(), held.end(), false);
+  if (static_cast<int>(holders.size()) < most && first_free != held.end()) {
+    free_index = static_cast<int>(first_free - held.begin());
+    attempt.free = true;
+  } else {
+    std::string text;
+    for (const SlotHolder& h : holders) {
+      if (!text.empty()) text += ", ";
+      text += h.host + " (" + h.target + ", deploying " + h.commit.substr(0, 12) + " since " + h.since + ")";
+    }
+    attempt.held_by = text;
+  }
+  co_return attempt;
+}
 
-  const int index = static_cast<int>(free - held.begin());
+asio::awaitable<Fleet::Attempt> Fleet::look_for_slot(std::string target, std::int64_t stale_lease) {
+  int free_index = -1;
+  auto looking = look(target, stale_lease, free_index);
+  co_return co_await std::move(looking);
+}
+
+asio::awaitable<Fleet::Attempt> Fleet::try_take_slot(std::string target, std::string commit, std::int64_t stale_lease) {
+  int index = -1;
+  auto looking = look(target, stale_lease, index);
+  Attempt attempt = co_await std::move(looking);
+  if (!attempt.free) co_return attempt;
+
   auto grant = client_->grant_lease(config_.lease_ttl);
+  const auto granted = SteadyClock::now();
   const std::int64_t lease = co_await std::move(grant);
-  const json::object holder{{"host", config_.host}, {"target", target}, {"commit", commit}, {"since", now_utc()}};
+  const json::object holder{{"host", config_.host},     {"target", target},
+                            {"commit", commit},         {"since", now_utc()},
+                            {"max_restarting", config_.max_restarting}};
   // One transaction: put only if nobody created the key meanwhile, so that two hosts can never
   // both take the last slot.
   auto create = client_->create(key("slot/" + std::to_string(index)), json::serialize(holder), lease);
@@ -209,17 +278,35 @@ asio::awaitable<Fleet::Attempt> Fleet::try_take_slot(std::string target, std::st
     } catch (const EtcdError&) {
       // Unused, it runs out by itself.
     }
-    auto again = client_->list(key("slot/"));
-    std::vector<EtcdKey> now_taken = co_await std::move(again);
-    attempt.holders.clear();
-    for (const EtcdKey& kv : now_taken) attempt.holders.push_back(holder_from(kv));
-    co_return attempt;
+    auto again = look(target, 0, index);
+    Attempt lost = co_await std::move(again);
+    lost.free = false;
+    if (lost.held_by.empty()) lost.held_by = "another host, just now";
+    co_return lost;
   }
+  const Duration every = std::max(config_.lease_ttl / 3, Duration(500));
   auto keeper = std::make_shared<FleetSlot::Keeper>(FleetSlot::Keeper{
-      client_, lease, index, target, std::max(config_.lease_ttl / 3, Duration(500)), asio::steady_timer(executor_), false});
+      client_, lease, index, target, every, asio::steady_timer(executor_), granted + config_.lease_ttl, false, false});
   attempt.slot = std::make_unique<FleetSlot>(std::move(keeper));
-  attempt.holders.clear();
   co_return attempt;
+}
+
+asio::awaitable<std::unique_ptr<FleetSlot>> Fleet::adopt_slot(std::string target, std::int64_t lease) {
+  auto list = client_->list(key("slot/"));
+  std::vector<EtcdKey> taken = co_await std::move(list);
+  const auto mine = std::find_if(taken.begin(), taken.end(), [&](const EtcdKey& kv) { return kv.lease == lease; });
+  if (mine == taken.end()) co_return nullptr;
+  const auto asked = SteadyClock::now();
+  auto renew = client_->keep_alive(lease);
+  const std::int64_t ttl = co_await std::move(renew);
+  if (ttl <= 0) co_return nullptr;
+  const Duration every = std::max(config_.lease_ttl / 3, Duration(500));
+  const int index = holder_from(*mine).slot;
+  auto keeper = std::make_shared<FleetSlot::Keeper>(FleetSlot::Keeper{
+      client_, lease, index, target, every, asio::steady_timer(executor_), asked + std::chrono::seconds(ttl), false,
+      false});
+  spdlog::info("{}: holds fleet slot {} again (its lease outlived the stop)", target, index);
+  co_return std::make_unique<FleetSlot>(std::move(keeper));
 }
 
 asio::awaitable<std::optional<BadCommit>> Fleet::bad_commit(std::string commit) {
@@ -235,20 +322,53 @@ asio::awaitable<void> Fleet::mark_bad(std::string commit, std::string target, st
   co_await std::move(put);
 }
 
+void Fleet::mark_bad_then_release(std::string commit, std::string target, std::string reason,
+                                  std::unique_ptr<FleetSlot> slot) {
+  auto retry = [](std::shared_ptr<EtcdClient> client, std::string key, std::string value, std::string target,
+                  std::unique_ptr<FleetSlot> slot) -> asio::awaitable<void> {
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    for (;;) {
+      timer.expires_after(Duration(1000));
+      auto wait = timer.async_wait(asio::as_tuple(asio::use_awaitable));
+      co_await std::move(wait);
+      try {
+        auto put = client->put(key, value);
+        co_await std::move(put);
+        break;
+      } catch (const EtcdError&) {
+        // Still no etcd: the slot stays (renewed when etcd answers), so no host deploys the commit meanwhile.
+      }
+    }
+    spdlog::info("{}: recorded the failed commit for the group now that etcd answers", target);
+    if (slot) co_await slot->release();
+  };
+  const json::object doc{{"host", config_.host}, {"target", target}, {"reason", reason}, {"at", now_utc()}};
+  asio::co_spawn(executor_, retry(client_, key("bad/" + commit), json::serialize(doc), target, std::move(slot)),
+                 asio::detached);
+}
+
 void Fleet::publish(const std::string& target, const Outcome& outcome, const std::string& running) {
   json::object doc{{"host", config_.host},     {"target", target},         {"running", running},
                    {"result", outcome.result}, {"commit", outcome.commit}, {"reason", outcome.reason},
                    {"at", outcome.at}};
-  auto write = [](std::shared_ptr<EtcdClient> client, std::string key, std::string value,
+  outbox_->latest[target] = json::serialize(doc);
+  if (outbox_->writing[target]) return;  // the running write takes it next
+  outbox_->writing[target] = true;
+  auto write = [](std::shared_ptr<EtcdClient> client, std::shared_ptr<Outbox> outbox, std::string key,
                   std::string target) -> asio::awaitable<void> {
-    try {
-      auto put = client->put(std::move(key), std::move(value));
-      co_await std::move(put);
-    } catch (const EtcdError& e) {
-      spdlog::warn("{}: cannot record this outcome in etcd for `fleet status`: {}", target, e.what());
+    while (outbox->latest.contains(target)) {
+      std::string value = std::move(outbox->latest[target]);
+      outbox->latest.erase(target);
+      try {
+        auto put = client->put(key, std::move(value));
+        co_await std::move(put);
+      } catch (const EtcdError& e) {
+        spdlog::warn("{}: cannot record this outcome in etcd for `fleet status`: {}", target, e.what());
+      }
     }
+    outbox->writing[target] = false;
   };
-  asio::co_spawn(executor_, write(client_, key("host/" + config_.host + "/" + target), json::serialize(doc), target),
+  asio::co_spawn(executor_, write(client_, outbox_, key("host/" + config_.host + "/" + target), target),
                  asio::detached);
 }
 
@@ -263,15 +383,6 @@ asio::awaitable<Fleet::View> Fleet::view() {
     if (rest.starts_with("host/")) view.hosts.push_back(parse_object(kv.value));
   }
   co_return view;
-}
-
-std::string Fleet::describe(const std::vector<SlotHolder>& holders) {
-  std::string text;
-  for (const SlotHolder& h : holders) {
-    if (!text.empty()) text += ", ";
-    text += h.host + " (" + h.target + ", deploying " + h.commit.substr(0, 12) + " since " + h.since + ")";
-  }
-  return text.empty() ? "nobody (yet)" : text;
 }
 
 // ---- fleet status -----------------------------------------------------------------------------

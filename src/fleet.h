@@ -18,6 +18,8 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/json/object.hpp>
 
+#include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -28,6 +30,7 @@ namespace sentinel {
 /// Someone holding a restart slot, as its key says.
 struct SlotHolder {
   int slot = 0;
+  int max_restarting = 0;  // as the holder's config says (0 = not said)
   std::string host;
   std::string target;
   std::string commit;
@@ -43,8 +46,9 @@ struct BadCommit {
   std::string at;
 };
 
-/// A held restart slot. The lease is renewed every third of its TTL until release(); a holder
-/// dropped without release() stops renewing, and the slot frees itself within lease_ttl.
+/// A held restart slot. Its lease is renewed every third of its TTL (each renewal bounded to that
+/// third) until release(); a slot dropped without release() stops renewing, and frees itself
+/// when its lease runs out.
 class FleetSlot {
  public:
   struct Keeper;
@@ -53,8 +57,12 @@ class FleetSlot {
   FleetSlot(const FleetSlot&) = delete;
   FleetSlot& operator=(const FleetSlot&) = delete;
   int index() const;
-  /// Revokes the lease, which frees the slot at once. An etcd that does not answer is logged:
-  /// the slot then frees itself when the lease runs out.
+  std::int64_t lease() const;
+  /// The lease is known to last at least one more renewal period: etcd renewed it lately and never
+  /// said it was gone. A slot that is not valid may be someone else's by now: restart nothing on it.
+  bool valid() const;
+  /// Revokes the lease, which frees the slot at once. An etcd that does not answer is retried every
+  /// second in the background (a restarted etcd gives every lease its whole TTL again).
   boost::asio::awaitable<void> release();
 
  private:
@@ -65,19 +73,33 @@ class Fleet {
  public:
   Fleet(const FleetConfig& config, boost::asio::any_io_executor executor);
 
-  /// What one try for a slot found: the slot, or who holds every slot.
+  /// What one look at the slots found: the slot taken (by try_take_slot), or why none was.
   struct Attempt {
     std::unique_ptr<FleetSlot> slot;
-    std::vector<SlotHolder> holders;
+    bool free = false;     // a slot looked free (look_for_slot; try_take_slot may lose it to another host)
+    std::string held_by;   // when none is free: who holds them, for messages
   };
-  /// Takes a free slot for `target` deploying `commit`, without waiting. Throws EtcdError.
-  boost::asio::awaitable<Attempt> try_take_slot(std::string target, std::string commit);
+  /// Takes a free slot for `target` deploying `commit`, without waiting. A slot held under
+  /// `stale_lease` (this target's lease from a run that was stopped, read from its record) is
+  /// revoked first. Throws EtcdError.
+  boost::asio::awaitable<Attempt> try_take_slot(std::string target, std::string commit, std::int64_t stale_lease);
+  /// Whether a slot is free now, without taking it. Throws EtcdError.
+  boost::asio::awaitable<Attempt> look_for_slot(std::string target, std::int64_t stale_lease);
+  /// The slot held under `lease` (this target's, from a run that was stopped in the middle of its
+  /// restart), taken over if the lease still lives; nullptr otherwise. Throws EtcdError.
+  boost::asio::awaitable<std::unique_ptr<FleetSlot>> adopt_slot(std::string target, std::int64_t lease);
   /// The group's record of `commit` failing, if any. Throws EtcdError.
   boost::asio::awaitable<std::optional<BadCommit>> bad_commit(std::string commit);
   /// Records `commit` as failed on this host. Throws EtcdError.
   boost::asio::awaitable<void> mark_bad(std::string commit, std::string target, std::string reason);
+  /// For a bad commit whose record did not reach etcd: keeps `slot` (renewed) and retries the record
+  /// every second in the background until etcd has it, then gives the slot back; so no other host
+  /// takes the slot before it can learn that the commit failed.
+  void mark_bad_then_release(std::string commit, std::string target, std::string reason,
+                             std::unique_ptr<FleetSlot> slot);
   /// Records a target's outcome and the commit production runs since (`running`, its known-good)
-  /// as this host's latest, in the background; a failure is logged (the next outcome writes it again).
+  /// as this host's latest, in the background, one write at a time per target (a newer outcome
+  /// replaces one not yet written); a failure is logged and the next outcome writes it again.
   void publish(const std::string& target, const Outcome& outcome, const std::string& running);
   /// Everything the group's keys hold, for `fleet status`. Throws EtcdError.
   struct View {
@@ -88,15 +110,18 @@ class Fleet {
   boost::asio::awaitable<View> view();
 
   const FleetConfig& config() const { return config_; }
-  /// "host-1 (prod, deploying 3f2c1a9e0b4d since ...)" for each holder, for messages.
-  static std::string describe(const std::vector<SlotHolder>& holders);
 
  private:
   std::string key(std::string_view rest) const { return prefix_ + std::string(rest); }
+  /// The slots as etcd holds them, after freeing one held under `stale_lease`.
+  boost::asio::awaitable<Attempt> look(const std::string& target, std::int64_t stale_lease, int& free_index);
+  struct Outbox;
   const FleetConfig& config_;
   boost::asio::any_io_executor executor_;
   std::shared_ptr<EtcdClient> client_;
   std::string prefix_;  // "deploy-sentinel/<group>/"
+  std::shared_ptr<Outbox> outbox_;  // publish()'s latest outcome per target, and whether a write runs
+  std::string mismatch_noted_;      // the disagreement on max_restarting last logged
 };
 
 /// `deploy-sentinel fleet status`: the group as the config's [fleet] names it, for people

@@ -417,28 +417,44 @@ TEST_CASE("fleet: etcd stopped while a host restarts in its slot: that deploy fi
   CHECK(max_concurrent(read_trace(fleet.trace())) == 1);
 }
 
-TEST_CASE("fleet: a sentinel started again after kill -9 frees the slot its killed run held instead of waiting out "
-          "the lease") {
+TEST_CASE("fleet: a sentinel started again after kill -9 in the middle of its restart takes its slot back, and "
+          "no other host restarts meanwhile") {
   EtcdServer etcd;
   Fleet fleet(etcd, {.group = "comeback-test", .lease_ttl = "20s"});
   Production::Options slow;
   slow.restart_delay = "2";
   Production& host = fleet.add(slow);
+  Production& other = fleet.add();
+  fleet.share_history();
   auto& killed = host.start_watching();
-  const std::string sha = host.commit("healthy");
+  auto& other_daemon = other.start_watching();
+  const std::string sha = fleet.commit_everywhere("healthy");
   host.stage_by_rename();
   REQUIRE(killed.wait_for_line("took fleet slot 0", 10s) >= 0);
   REQUIRE(killed.wait_for_line("restarting production on " + short_sha(sha), 10s) >= 0);
   killed.kill_hard();
   REQUIRE(etcd.range(fleet.slot_prefix()).size() == 1);
+  other.stage_by_rename();
+  const int waiting = other_daemon.wait_for_line("waiting for a fleet slot in group comeback-test: held by host-1", 10s);
+  REQUIRE(waiting >= 0);
 
   const auto again = Clock::now();
   auto& daemon = host.start_daemon();
-  REQUIRE(daemon.wait_for_line("freed fleet slot 0, left by an earlier run on this host (deploying " + short_sha(sha),
-                               10s) >= 0);
-  REQUIRE(daemon.wait_for_line("took fleet slot 0", 10s) >= 0);
+  REQUIRE(daemon.wait_for_line("holds fleet slot 0 again (its lease outlived the stop)", 10s) >= 0);
   REQUIRE(daemon.wait_for_line("deployed " + short_sha(sha), 15s) >= 0);
   const auto took_ms = ms_between(again, Clock::now());
-  MESSAGE("deployed " << took_ms << " ms after the sentinel started again (lease_ttl 20s)");
+  CHECK(daemon.count_lines("took fleet slot") == 0);
+  CHECK(other_daemon.wait_for_line("deployed " + short_sha(sha), 15s, waiting) >= 0);
+  MESSAGE("deployed " << took_ms << " ms after the sentinel started again, on the slot its killed run held "
+          "(lease_ttl 20s)");
   CHECK(took_ms < 15'000);
+  // host-2 restarted only after both of host-1's restarts (the killed run's, which ran on as an
+  // orphan, and the resumed run's) had ended.
+  const auto spans = read_trace(fleet.trace());
+  long long host_1_done = 0, host_2_began = -1;
+  for (const auto& span : spans) {
+    if (span.host == "host-1") host_1_done = std::max(host_1_done, span.end);
+    if (span.host == "host-2") host_2_began = span.start;
+  }
+  CHECK(host_2_began > host_1_done);
 }
