@@ -458,3 +458,37 @@ TEST_CASE("fleet: a sentinel started again after kill -9 in the middle of its re
   }
   CHECK(host_2_began > host_1_done);
 }
+
+TEST_CASE("fleet: a failed commit that cannot be recorded because etcd is down keeps the slot until it is, so no "
+          "other host deploys it meanwhile") {
+  EtcdServer etcd;
+  Fleet fleet(etcd, {.group = "record-test"});
+  Production::Options reverting_slowly;
+  reverting_slowly.deadline = "1s";
+  reverting_slowly.with_build = true;
+  reverting_slowly.build_delay = "2";  // etcd goes down during the revert's build
+  for (int n = 1; n <= 2; ++n) fleet.add(reverting_slowly);
+  fleet.share_history();
+  auto& first = fleet.host(1).start_watching();
+  auto& second = fleet.host(2).start_watching();
+  const std::string bad = fleet.commit_everywhere("unhealthy");
+  fleet.host(1).stage_by_rename();
+  REQUIRE(first.wait_for_line("took fleet slot 0", 10s) >= 0);
+  fleet.host(2).stage_by_rename();
+  REQUIRE(second.wait_for_line("waiting for a fleet slot in group record-test: held by host-1", 10s) >= 0);
+  REQUIRE(first.wait_for_line("rebuilding", 15s) >= 0);
+
+  etcd.stop();
+  REQUIRE(first.wait_for_line("reverted " + short_sha(bad), 15s) >= 0);
+  const int unrecorded = first.wait_for_line("cannot record " + short_sha(bad) + " as bad for group record-test", 10s);
+  REQUIRE(unrecorded >= 0);
+  etcd.start();
+  const int recorded = first.wait_for_line("recorded the failed commit for the group now that etcd answers", 15s,
+                                           unrecorded);
+  REQUIRE(recorded >= 0);
+  CHECK(first.wait_for_line("released fleet slot 0", 5s, recorded) >= 0);
+  REQUIRE(wait_until({&first, &second}, 20s, [&] { return fleet.host(2).has(".deploy-rejected"); }));
+  const std::string why(json_file(fleet.host(2).marker(".deploy-rejected")).at("reason").as_string());
+  CHECK_MESSAGE(why.find("reverted on host host-1: ") != std::string::npos, why);
+  CHECK(fleet.host(2).restarts().size() == 1);  // production's own start only: the bad commit never ran there
+}
