@@ -387,6 +387,7 @@ struct DeployMachine::Deploy {
   bool ignore_holds = false;                // an operator's revert: pauses and windows do not hold it
   std::unique_ptr<FleetSlot> slot;          // [fleet]: the restart slot, from before the restart to the outcome
   std::int64_t fleet_lease = 0;             // [fleet]: its lease, recorded (a stopped run's, when resumed)
+  bool group_knows = false;                 // [fleet]: another host recorded `commit` as bad already
   std::string failed_because;               // [fleet]: why `commit` failed here, to record for the group
 
   /// "deploy of 3f2c1a9e0b4d" or "recovery of production on 3f2c1a9e0b4d", for messages.
@@ -537,6 +538,7 @@ asio::awaitable<void> DeployMachine::wait_for_poke(Clock::time_point until) {
 asio::awaitable<void> DeployMachine::start_up() {
   enter(Phase::starting, "", "");
   clean_up_after_preflight();
+  if (fleet_) record_pending_bad_commit();
   if (target_.preflight && !target_.preflight->isolate) {
     spdlog::warn("{}: [target.preflight] isolate = false: pre-flights run WITHOUT a sandbox, with this host's "
                  "network and file system; a staged commit can reach whatever production can", target_.name);
@@ -1502,10 +1504,15 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
                    target_.name, short_sha(deploy.commit));
       if (fleet_) co_await adopt_fleet_slot(deploy);
       for (;;) {
+        if (fleet_ && deploy.slot && !deploy.slot->valid()) fleet_->release_later(std::move(deploy.slot));
         co_await wait_for_permit(deploy);
-        if (!fleet_ || (deploy.slot && deploy.slot->valid())) break;
-        co_await give_back(deploy.slot);
-        const Gate now = co_await take_fleet_slot(deploy);
+        if (!fleet_) break;
+        Gate now = Gate::held;
+        if (deploy.slot) {
+          now = co_await check_under_slot(deploy);  // the stopped run's slot: the commit may have failed elsewhere since
+        } else {
+          now = co_await take_fleet_slot(deploy);
+        }
         if (now == Gate::go) break;
         deploy.permit = {};
         if (now == Gate::over) co_return;
@@ -1625,47 +1632,67 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
 asio::awaitable<DeployMachine::Gate> DeployMachine::take_fleet_slot(Deploy& deploy) {
   const FleetConfig& fleet = fleet_->config();
   Fleet::Attempt attempt;
-  std::optional<BadCommit> bad;
   try {
     auto take = within(fleet_->try_take_slot(target_.name, deploy.commit, deploy.fleet_lease), kUnderLocks);
     attempt = co_await std::move(take);
-    // Asked under the slot: a host that reverted this commit recorded it before giving its slot back.
-    // (An operator's revert goes away from deploy.commit: nothing to ask.)
-    if (attempt.slot && !deploy.operator_revert) {
-      auto check = within(fleet_->bad_commit(deploy.commit), kUnderLocks);
-      bad = co_await std::move(check);
-    }
   } catch (const EtcdError& e) {
-    if (etcd_trouble_.empty()) {
-      spdlog::error("{}: etcd unreachable ({}); no deploy restarts until it answers", target_.name, e.what());
-    }
-    etcd_trouble_ = e.what();
+    fleet_->forget_untaken();  // a slot created for it after all is freed in the background
+    note_etcd_trouble(e.what());
+    co_return Gate::held;
   }
-  if (!attempt.slot) co_return Gate::held;  // dropped untaken if etcd failed after the take: its lease runs out
-  if (!etcd_trouble_.empty()) spdlog::info("{}: etcd answers again", target_.name);
-  etcd_trouble_.clear();
+  note_etcd_trouble("");
+  if (!attempt.slot) co_return Gate::held;
   deploy.fleet_lease = attempt.slot->lease();
   deploy.slot = std::move(attempt.slot);
-  if (!bad) {
-    spdlog::info("{}: took fleet slot {} of {} in group {}", target_.name, deploy.slot->index(), fleet.max_restarting,
-                 fleet.group);
-    co_return Gate::go;
+  spdlog::info("{}: took fleet slot {} of {} in group {}", target_.name, deploy.slot->index(), fleet.max_restarting,
+               fleet.group);
+  auto check = check_under_slot(deploy);
+  co_return co_await std::move(check);
+}
+
+asio::awaitable<DeployMachine::Gate> DeployMachine::check_under_slot(Deploy& deploy) {
+  // An operator's revert goes away from deploy.commit: nothing to ask.
+  if (deploy.operator_revert) co_return Gate::go;
+  // Asked under the slot: a host that reverted this commit recorded it before giving its slot back.
+  std::optional<BadCommit> bad;
+  std::string unanswered;
+  try {
+    auto check = within(fleet_->bad_commit(deploy.commit), kUnderLocks);
+    bad = co_await std::move(check);
+  } catch (const EtcdError& e) {
+    unanswered = e.what();
   }
+  if (!unanswered.empty()) {
+    // Not restarted on without the group's word: given back (in the background, the locks are held).
+    note_etcd_trouble(unanswered);
+    fleet_->release_later(std::move(deploy.slot));
+    co_return Gate::held;
+  }
+  if (!bad) co_return Gate::go;
   deploy.pause_lock.reset();
   deploy.permit = {};
+  deploy.group_knows = true;  // recorded by another host: not recorded again under this one's name
   const std::string refusal = fleet_refusal(*bad);
   if (deploy.resumed_phase == "restarting") {
     // The interrupted restart may have put production on the commit already: go back to known-good,
-    // as after a failed deploy, under this slot. The group knows the commit already.
+    // as after a failed deploy, under this slot.
     Verdict failure{false, refusal, {}};
     co_await revert(deploy, std::move(failure));
-    deploy.failed_because.clear();
     co_return Gate::over;
   }
   co_await give_back(deploy.slot);
   auto refuse = reject_commit(deploy, refusal, "fleet", {});  // named: g++ 12
   co_await std::move(refuse);
   co_return Gate::over;
+}
+
+void DeployMachine::note_etcd_trouble(const std::string& trouble) {
+  if (trouble.empty()) {
+    if (!etcd_trouble_.empty()) spdlog::info("{}: etcd answers again", target_.name);
+  } else if (etcd_trouble_.empty()) {
+    spdlog::error("{}: etcd unreachable ({}); no deploy restarts until it answers", target_.name, trouble);
+  }
+  etcd_trouble_ = trouble;
 }
 
 asio::awaitable<DeployMachine::Gate> DeployMachine::wait_for_fleet_slot(Deploy& deploy) {
@@ -1679,15 +1706,11 @@ asio::awaitable<DeployMachine::Gate> DeployMachine::wait_for_fleet_slot(Deploy& 
     try {
       auto look = fleet_->look_for_slot(target_.name, deploy.fleet_lease);
       const Fleet::Attempt attempt = co_await std::move(look);
-      if (!etcd_trouble_.empty()) spdlog::info("{}: etcd answers again", target_.name);
-      etcd_trouble_.clear();
+      note_etcd_trouble("");
       if (attempt.free) co_return Gate::go;
       why = "held by " + attempt.held_by;
     } catch (const EtcdError& e) {
-      if (etcd_trouble_.empty()) {
-        spdlog::error("{}: etcd unreachable ({}); no deploy restarts until it answers", target_.name, e.what());
-      }
-      etcd_trouble_ = e.what();
+      note_etcd_trouble(e.what());
       why = "etcd unreachable, so no restart until it answers";
     }
     if (why != last) {
@@ -1754,33 +1777,58 @@ asio::awaitable<void> DeployMachine::carry_out_and_release(Deploy& deploy) {
   }
   if (fleet_ && !deploy.failed_because.empty()) {
     const std::string& group = fleet_->config().group;
-    bool recorded = false;
+    std::string trouble;
     try {
       auto mark = fleet_->mark_bad(deploy.commit, target_.name, deploy.failed_because);
       co_await std::move(mark);
-      recorded = true;
       spdlog::info("{}: recorded {} as bad for group {}: the other hosts refuse it", target_.name,
                    short_sha(deploy.commit), group);
     } catch (const EtcdError& e) {
+      trouble = e.what();
+    }
+    if (!trouble.empty()) {
       spdlog::error("{}: cannot record {} as bad for group {} in etcd yet ({}); the fleet slot is kept until it is, "
                     "so that no other host deploys it meanwhile", target_.name, short_sha(deploy.commit), group,
-                    e.what());
-    }
-    if (!recorded) {
-      fleet_->mark_bad_then_release(deploy.commit, target_.name, deploy.failed_because, std::move(deploy.slot));
+                    trouble);
+      // On disk too: a sentinel stopped before etcd answers records it at its next start.
+      const json::object pending{{"commit", deploy.commit}, {"reason", deploy.failed_because}};
+      const fs::path file = bad_pending_file();
+      if (auto ec = write_file_atomic(file, json::serialize(pending) + "\n", true)) {
+        spdlog::error("{}: cannot keep the unrecorded bad commit in {}: {}", target_.name, file.string(), ec.message());
+      }
+      fleet_->mark_bad_then_release(deploy.commit, target_.name, deploy.failed_because, std::move(deploy.slot), file);
     }
   }
-  // Stopped after the restart was recorded: production is in the middle of it. The slot is kept
-  // (its lease runs on, no longer renewed) and named in the record, for the next run to take over.
-  const bool mid_restart = error && !record_unwritable && deploy.record_phase != "waiting-idle" &&
-                           deploy.record_phase != "held" && deploy.record_phase != "preflight" &&
-                           !deploy.record_phase.empty();
-  if (mid_restart) {
+  // Stopped in the middle of a restart (its record says so): the slot is kept, no longer renewed,
+  // and named in the record, for the next run to take back. Before the restart it is given back.
+  const std::string& phase = deploy.record_phase.empty() ? deploy.resumed_phase : deploy.record_phase;
+  const bool mid_restart = error && !record_unwritable && (phase == "restarting" || phase == "verifying" ||
+                                                            is_revert_phase(phase));
+  if (mid_restart && deploy.slot) {
+    deploy.slot->keep();
     deploy.slot.reset();
-  } else {
-    co_await give_back(deploy.slot);
   }
+  co_await give_back(deploy.slot);
   if (error) std::rethrow_exception(error);
+}
+
+fs::path DeployMachine::bad_pending_file() const { return store_.target_dir(target_.name) / "fleet-bad-pending.json"; }
+
+void DeployMachine::record_pending_bad_commit() {
+  const fs::path file = bad_pending_file();
+  boost::system::error_code ec;
+  const std::string text = read_small_file(file, ec);
+  if (ec) return;  // none
+  json::value doc = json::parse(text, ec);
+  if (ec || !doc.is_object() || !looks_like_commit(string_field(doc.as_object(), "commit"))) {
+    spdlog::error("{}: {} is unreadable; a failed commit may not reach the fleet's record", target_.name,
+                  file.string());
+    return;
+  }
+  const std::string commit = string_field(doc.as_object(), "commit");
+  spdlog::warn("{}: recording {} as bad for group {}, which a stopped run could not", target_.name, short_sha(commit),
+               fleet_->config().group);
+  fleet_->mark_bad_then_release(commit, target_.name, string_field(doc.as_object(), "reason"), nullptr, file);
 }
 
 asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
@@ -1788,7 +1836,7 @@ asio::awaitable<void> DeployMachine::revert(Deploy& deploy, Verdict failure) {
   const std::string& target = deploy.previous_known_good;
   // Recorded for the fleet once the revert is over, before the slot is given back (a commit that
   // broke this host will break the others): then nothing delays the revert of a down production.
-  if (!deploy.recovery && !deploy.operator_revert) deploy.failed_because = failure.reason;
+  if (!deploy.recovery && !deploy.operator_revert && !deploy.group_knows) deploy.failed_because = failure.reason;
   std::vector<std::string> revert_output;  // the last lines of the revert step that failed
   auto give_up = [&](std::string why) {
     if (why.find(kNotReplaced) != std::string::npos) {

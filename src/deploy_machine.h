@@ -213,6 +213,15 @@ class DeployMachine {
   /// `deploy`, `held` when none is free or etcd does not answer, `over` when the group has seen
   /// the commit fail (the deploy is rejected, or reverted when its restart may have happened).
   boost::asio::awaitable<Gate> take_fleet_slot(Deploy& deploy);
+  /// [fleet]: with the slot taken, asks the group about the commit (within 2 s): `go`; `held` when
+  /// etcd does not answer (the slot is given back in the background); `over` as take_fleet_slot.
+  boost::asio::awaitable<Gate> check_under_slot(Deploy& deploy);
+  /// Logs etcd not answering ("" = it answers), once when that starts and once when it ends.
+  void note_etcd_trouble(const std::string& trouble);
+  /// [fleet]: a failed commit whose record has not reached etcd yet, kept for the next start.
+  std::filesystem::path bad_pending_file() const;
+  /// [fleet]: at start-up, records in etcd (in the background) a failed commit a stopped run could not.
+  void record_pending_bad_commit();
   /// [fleet]: waits, holding no lock, until a slot looks free (`go`) or production is down (`outage`);
   /// while etcd does not answer, nothing looks free, so no restart happens.
   boost::asio::awaitable<Gate> wait_for_fleet_slot(Deploy& deploy);

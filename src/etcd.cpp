@@ -234,8 +234,8 @@ asio::awaitable<json::object> EtcdClient::call(std::string path, json::object bo
       current_ = index;
       co_return std::move(doc.as_object());
     } catch (const EtcdError& e) {
-      // A request etcd calls wrong (4xx: no such lease, a malformed request) is wrong on every member.
-      if (e.status() >= 400 && e.status() < 500) throw;
+      // No such lease, a malformed request: wrong on every member.
+      if (e.status() == 400 || e.status() == 404) throw;
       errors += (errors.empty() ? "" : "; ") + std::string(e.what());
       if (e.status() != 0) refused = e.status();
     }

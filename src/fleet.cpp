@@ -22,6 +22,7 @@ namespace sentinel {
 
 namespace asio = boost::asio;
 namespace json = boost::json;
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -78,6 +79,7 @@ struct FleetSlot::Keeper {
   SteadyClock::time_point valid_until; // the lease lasts at least until then, as etcd last said
   bool lost = false;                   // etcd said the lease is gone
   bool stopped = false;
+  bool kept = false;                   // dropped unreleased on purpose (keep())
 };
 
 namespace {
@@ -155,7 +157,20 @@ FleetSlot::~FleetSlot() {
   if (keeper_->stopped) return;  // released (its retry, if any, uses the timer now)
   keeper_->stopped = true;
   keeper_->timer.cancel();
+  if (keeper_->kept) return;
+  // Dropped unreleased (a take whose answer came too late): nobody restarts on it, so free it.
+  auto release = [](std::shared_ptr<Keeper> keeper) -> asio::awaitable<void> {
+    try {
+      auto revoke = keeper->client->revoke(keeper->lease);
+      co_await std::move(revoke);
+    } catch (const EtcdError&) {
+      // It runs out by itself.
+    }
+  };
+  asio::co_spawn(keeper_->timer.get_executor(), release(keeper_), asio::detached);
 }
+
+void FleetSlot::keep() { keeper_->kept = true; }
 
 int FleetSlot::index() const { return keeper_->index; }
 
@@ -265,6 +280,7 @@ asio::awaitable<Fleet::Attempt> Fleet::try_take_slot(std::string target, std::st
   auto grant = client_->grant_lease(config_.lease_ttl);
   const auto granted = SteadyClock::now();
   const std::int64_t lease = co_await std::move(grant);
+  untaken_lease_ = lease;  // until a FleetSlot owns it, or it is revoked
   const json::object holder{{"host", config_.host},     {"target", target},
                             {"commit", commit},         {"since", now_utc()},
                             {"max_restarting", config_.max_restarting}};
@@ -272,6 +288,7 @@ asio::awaitable<Fleet::Attempt> Fleet::try_take_slot(std::string target, std::st
   // both take the last slot.
   auto create = client_->create(key("slot/" + std::to_string(index)), json::serialize(holder), lease);
   if (!co_await std::move(create)) {
+    untaken_lease_ = 0;
     try {
       auto revoke = client_->revoke(lease);
       co_await std::move(revoke);
@@ -286,8 +303,10 @@ asio::awaitable<Fleet::Attempt> Fleet::try_take_slot(std::string target, std::st
   }
   const Duration every = std::max(config_.lease_ttl / 3, Duration(500));
   auto keeper = std::make_shared<FleetSlot::Keeper>(FleetSlot::Keeper{
-      client_, lease, index, target, every, asio::steady_timer(executor_), granted + config_.lease_ttl, false, false});
+      client_, lease, index, target, every, asio::steady_timer(executor_), granted + config_.lease_ttl, false, false,
+      false});
   attempt.slot = std::make_unique<FleetSlot>(std::move(keeper));
+  untaken_lease_ = 0;
   co_return attempt;
 }
 
@@ -304,7 +323,7 @@ asio::awaitable<std::unique_ptr<FleetSlot>> Fleet::adopt_slot(std::string target
   const int index = holder_from(*mine).slot;
   auto keeper = std::make_shared<FleetSlot::Keeper>(FleetSlot::Keeper{
       client_, lease, index, target, every, asio::steady_timer(executor_), asked + std::chrono::seconds(ttl), false,
-      false});
+      false, false});
   spdlog::info("{}: holds fleet slot {} again (its lease outlived the stop)", target, index);
   co_return std::make_unique<FleetSlot>(std::move(keeper));
 }
@@ -323,9 +342,10 @@ asio::awaitable<void> Fleet::mark_bad(std::string commit, std::string target, st
 }
 
 void Fleet::mark_bad_then_release(std::string commit, std::string target, std::string reason,
-                                  std::unique_ptr<FleetSlot> slot) {
+                                  std::unique_ptr<FleetSlot> slot, fs::path pending) {
+  if (slot) slot->keep();  // not released until the record is in etcd, not even at a shutdown
   auto retry = [](std::shared_ptr<EtcdClient> client, std::string key, std::string value, std::string target,
-                  std::unique_ptr<FleetSlot> slot) -> asio::awaitable<void> {
+                  std::unique_ptr<FleetSlot> slot, fs::path pending) -> asio::awaitable<void> {
     asio::steady_timer timer(co_await asio::this_coro::executor);
     for (;;) {
       timer.expires_after(Duration(1000));
@@ -334,17 +354,45 @@ void Fleet::mark_bad_then_release(std::string commit, std::string target, std::s
       try {
         auto put = client->put(key, value);
         co_await std::move(put);
+        spdlog::info("{}: recorded the failed commit for the group now that etcd answers", target);
         break;
-      } catch (const EtcdError&) {
+      } catch (const EtcdError& e) {
+        if (e.status() >= 400 && e.status() < 500) {
+          spdlog::critical("{}: etcd refuses the record of the failed commit ({}); other hosts may deploy it", target,
+                           e.what());
+          break;
+        }
         // Still no etcd: the slot stays (renewed when etcd answers), so no host deploys the commit meanwhile.
       }
     }
-    spdlog::info("{}: recorded the failed commit for the group now that etcd answers", target);
+    std::error_code ignored;
+    if (!pending.empty()) fs::remove(pending, ignored);
     if (slot) co_await slot->release();
   };
   const json::object doc{{"host", config_.host}, {"target", target}, {"reason", reason}, {"at", now_utc()}};
-  asio::co_spawn(executor_, retry(client_, key("bad/" + commit), json::serialize(doc), target, std::move(slot)),
+  asio::co_spawn(executor_,
+                 retry(client_, key("bad/" + commit), json::serialize(doc), target, std::move(slot), std::move(pending)),
                  asio::detached);
+}
+
+void Fleet::release_later(std::unique_ptr<FleetSlot> slot) {
+  if (!slot) return;
+  auto release = [](std::unique_ptr<FleetSlot> slot) -> asio::awaitable<void> { co_await slot->release(); };
+  asio::co_spawn(executor_, release(std::move(slot)), asio::detached);
+}
+
+void Fleet::forget_untaken() {
+  if (untaken_lease_ == 0) return;
+  auto revoke = [](std::shared_ptr<EtcdClient> client, std::int64_t lease) -> asio::awaitable<void> {
+    try {
+      auto call = client->revoke(lease);
+      co_await std::move(call);
+    } catch (const EtcdError&) {
+      // It runs out by itself.
+    }
+  };
+  asio::co_spawn(executor_, revoke(client_, untaken_lease_), asio::detached);
+  untaken_lease_ = 0;
 }
 
 void Fleet::publish(const std::string& target, const Outcome& outcome, const std::string& running) {

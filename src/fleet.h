@@ -19,6 +19,7 @@
 #include <boost/json/object.hpp>
 
 #include <cstdint>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <optional>
@@ -64,6 +65,10 @@ class FleetSlot {
   /// Revokes the lease, which frees the slot at once. An etcd that does not answer is retried every
   /// second in the background (a restarted etcd gives every lease its whole TTL again).
   boost::asio::awaitable<void> release();
+  /// Dropped from now on, the slot is not revoked: it stops being renewed and stays taken until its
+  /// lease runs out (or a later run takes it back by its lease). Without keep(), a slot dropped
+  /// unreleased is released in the background.
+  void keep();
 
  private:
   std::shared_ptr<Keeper> keeper_;
@@ -93,10 +98,16 @@ class Fleet {
   /// Records `commit` as failed on this host. Throws EtcdError.
   boost::asio::awaitable<void> mark_bad(std::string commit, std::string target, std::string reason);
   /// For a bad commit whose record did not reach etcd: keeps `slot` (renewed) and retries the record
-  /// every second in the background until etcd has it, then gives the slot back; so no other host
-  /// takes the slot before it can learn that the commit failed.
+  /// every second in the background until etcd has it, then gives the slot back and removes
+  /// `pending` (the record kept on disk, so that a stop meanwhile does not lose it); so no other
+  /// host takes the slot before it can learn that the commit failed. etcd refusing the record
+  /// (4xx) ends the retries, loudly.
   void mark_bad_then_release(std::string commit, std::string target, std::string reason,
-                             std::unique_ptr<FleetSlot> slot);
+                             std::unique_ptr<FleetSlot> slot, std::filesystem::path pending);
+  /// Releases `slot` in the background (for a caller that holds locks others wait for).
+  void release_later(std::unique_ptr<FleetSlot> slot);
+  /// After a take cut off by a timeout: revokes the lease it granted, if the slot never reached the caller.
+  void forget_untaken();
   /// Records a target's outcome and the commit production runs since (`running`, its known-good)
   /// as this host's latest, in the background, one write at a time per target (a newer outcome
   /// replaces one not yet written); a failure is logged and the next outcome writes it again.
@@ -116,6 +127,7 @@ class Fleet {
   /// The slots as etcd holds them, after freeing one held under `stale_lease`.
   boost::asio::awaitable<Attempt> look(const std::string& target, std::int64_t stale_lease, int& free_index);
   struct Outbox;
+  std::int64_t untaken_lease_ = 0;  // granted by the take under way, not yet in a FleetSlot
   const FleetConfig& config_;
   boost::asio::any_io_executor executor_;
   std::shared_ptr<EtcdClient> client_;

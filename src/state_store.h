@@ -104,9 +104,10 @@ class StateStore {
                                                     std::chrono::system_clock::time_point at) const;
 
   const std::filesystem::path& dir() const { return dir_; }
+  /// state_dir/targets/NAME: what the sentinel keeps of one target.
+  std::filesystem::path target_dir(const std::string& target) const;
 
  private:
-  std::filesystem::path target_dir(const std::string& target) const;
   std::filesystem::path dir_;
 };
 
