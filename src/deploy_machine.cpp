@@ -1787,15 +1787,15 @@ asio::awaitable<void> DeployMachine::carry_out_and_release(Deploy& deploy) {
       trouble = e.what();
     }
     if (!trouble.empty()) {
-      spdlog::error("{}: cannot record {} as bad for group {} in etcd yet ({}); the fleet slot is kept until it is, "
-                    "so that no other host deploys it meanwhile", target_.name, short_sha(deploy.commit), group,
-                    trouble);
       // On disk too: a sentinel stopped before etcd answers records it at its next start.
       const json::object pending{{"commit", deploy.commit}, {"reason", deploy.failed_because}};
       const fs::path file = bad_pending_file();
       if (auto ec = write_file_atomic(file, json::serialize(pending) + "\n", true)) {
         spdlog::error("{}: cannot keep the unrecorded bad commit in {}: {}", target_.name, file.string(), ec.message());
       }
+      spdlog::error("{}: cannot record {} as bad for group {} in etcd yet ({}); the fleet slot is kept until it is, "
+                    "so that no other host deploys it meanwhile", target_.name, short_sha(deploy.commit), group,
+                    trouble);
       fleet_->mark_bad_then_release(deploy.commit, target_.name, deploy.failed_because, std::move(deploy.slot), file);
     }
   }

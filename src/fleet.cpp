@@ -354,10 +354,14 @@ void Fleet::mark_bad_then_release(std::string commit, std::string target, std::s
       try {
         auto put = client->put(key, value);
         co_await std::move(put);
+        std::error_code ignored;
+        if (!pending.empty()) fs::remove(pending, ignored);
         spdlog::info("{}: recorded the failed commit for the group now that etcd answers", target);
         break;
       } catch (const EtcdError& e) {
         if (e.status() >= 400 && e.status() < 500) {
+          std::error_code ignored;
+          if (!pending.empty()) fs::remove(pending, ignored);
           spdlog::critical("{}: etcd refuses the record of the failed commit ({}); other hosts may deploy it", target,
                            e.what());
           break;
@@ -365,8 +369,6 @@ void Fleet::mark_bad_then_release(std::string commit, std::string target, std::s
         // Still no etcd: the slot stays (renewed when etcd answers), so no host deploys the commit meanwhile.
       }
     }
-    std::error_code ignored;
-    if (!pending.empty()) fs::remove(pending, ignored);
     if (slot) co_await slot->release();
   };
   const json::object doc{{"host", config_.host}, {"target", target}, {"reason", reason}, {"at", now_utc()}};

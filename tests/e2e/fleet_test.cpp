@@ -492,3 +492,38 @@ TEST_CASE("fleet: a failed commit that cannot be recorded because etcd is down k
   CHECK_MESSAGE(why.find("reverted on host host-1: ") != std::string::npos, why);
   CHECK(fleet.host(2).restarts().size() == 1);  // production's own start only: the bad commit never ran there
 }
+
+TEST_CASE("fleet: a failed commit not yet recorded when its sentinel is stopped is recorded at the next start") {
+  EtcdServer etcd;
+  Fleet fleet(etcd, {.group = "restart-record-test"});
+  Production::Options reverting_slowly;
+  reverting_slowly.deadline = "1s";
+  reverting_slowly.with_build = true;
+  reverting_slowly.build_delay = "2";
+  for (int n = 1; n <= 2; ++n) fleet.add(reverting_slowly);
+  fleet.share_history();
+  auto& first = fleet.host(1).start_watching();
+  auto& second = fleet.host(2).start_watching();
+  const std::string bad = fleet.commit_everywhere("unhealthy");
+  fleet.host(1).stage_by_rename();
+  REQUIRE(first.wait_for_line("took fleet slot 0", 10s) >= 0);
+  fleet.host(2).stage_by_rename();
+  REQUIRE(second.wait_for_line("waiting for a fleet slot in group restart-record-test: held by host-1", 10s) >= 0);
+  REQUIRE(first.wait_for_line("rebuilding", 15s) >= 0);
+  etcd.stop();
+  REQUIRE(first.wait_for_line("cannot record " + short_sha(bad) + " as bad for group restart-record-test", 15s) >= 0);
+  const fs::path pending = fleet.host(1).state / "targets" / "prod" / "fleet-bad-pending.json";
+  CHECK(fs::exists(pending));
+  CHECK(first.stop() == 0);
+
+  auto& again = fleet.host(1).start_daemon();
+  REQUIRE(again.wait_for_line("recording " + short_sha(bad) + " as bad for group restart-record-test, which a "
+                              "stopped run could not", 10s) >= 0);
+  etcd.start();
+  REQUIRE(again.wait_for_line("recorded the failed commit for the group now that etcd answers", 15s) >= 0);
+  CHECK_FALSE(fs::exists(pending));
+  REQUIRE(wait_until({&again, &second}, 20s, [&] { return fleet.host(2).has(".deploy-rejected"); }));
+  const std::string why(json_file(fleet.host(2).marker(".deploy-rejected")).at("reason").as_string());
+  CHECK_MESSAGE(why.find("reverted on host host-1: ") != std::string::npos, why);
+  CHECK(fleet.host(2).restarts().size() == 1);
+}
