@@ -388,6 +388,10 @@ struct DeployMachine::Deploy {
   std::unique_ptr<FleetSlot> slot;          // [fleet]: the restart slot, from before the restart to the outcome
   std::int64_t fleet_lease = 0;             // [fleet]: its lease, recorded (a stopped run's, when resumed)
   bool group_knows = false;                 // [fleet]: another host recorded `commit` as bad already
+  // The idle gate's quiet period, kept from one pass of the gate to the next while the agent is
+  // watched in between (a wait for a fleet slot watches it too), and when it was last watched.
+  std::optional<QuietTracker> quiet;
+  Clock::time_point quiet_watched{};
   std::string failed_because;               // [fleet]: why `commit` failed here, to record for the group
 
   /// "deploy of 3f2c1a9e0b4d" or "recovery of production on 3f2c1a9e0b4d", for messages.
@@ -835,7 +839,12 @@ asio::awaitable<DeployMachine::Gate> DeployMachine::wait_until_idle(Deploy& depl
   if (unwritable_.empty()) spdlog::info("{}: waiting until the agent has been idle for {} before restarting {}", target_.name,
                format_duration(idle.quiet), short_sha(deploy.commit));
   const auto waiting_since = Clock::now();
-  QuietTracker quiet(idle.quiet);
+  // An idle stretch seen up to a moment ago (by a wait for a fleet slot) still counts; one seen
+  // before an unwatched wait (a pause, a closed window) does not.
+  if (!deploy.quiet || Clock::now() - deploy.quiet_watched > 2 * idle.interval + Duration(1000)) {
+    deploy.quiet.emplace(idle.quiet);
+  }
+  QuietTracker& quiet = *deploy.quiet;
   std::string last;  // the reason last shown, so each change is logged once
   bool waited_too_long = false;
   auto show = [&](const std::string& reason) {
@@ -871,6 +880,7 @@ asio::awaitable<DeployMachine::Gate> DeployMachine::wait_until_idle(Deploy& depl
     show(answer.reason + (answer.state == IdleAnswer::State::idle && !forced
                               ? " (restart after " + format_duration(idle.quiet) + " of idle)"
                               : ""));
+    deploy.quiet_watched = Clock::now();
     if (forced || quiet.observe(answer.state, Clock::now())) {
       // Once more right before the restart, under the lease lock: a hold recorded after this
       // sees "restarting" and is refused; one recorded before it is seen here.
@@ -888,6 +898,7 @@ asio::awaitable<DeployMachine::Gate> DeployMachine::wait_until_idle(Deploy& depl
         again = IdleAnswer{IdleAnswer::State::busy, deploy.permit.why};
       }
       quiet.observe(again.state, Clock::now());
+      deploy.quiet_watched = Clock::now();
       show(again.reason);
     }
     // A lease alone is never polled: its release, expiry and holder's exit all poke.
@@ -1698,28 +1709,43 @@ void DeployMachine::note_etcd_trouble(const std::string& trouble) {
 asio::awaitable<DeployMachine::Gate> DeployMachine::wait_for_fleet_slot(Deploy& deploy) {
   const FleetConfig& fleet = fleet_->config();
   std::string last;
+  Clock::time_point next_look{}, next_idle_check{};
   for (;;) {
     // A production that went down meanwhile has no capacity left to protect.
     if (monitor_ && Clock::now() >= next_probe_) co_await monitor_probe();
     if (monitor_ && monitor_->down()) co_return Gate::outage;
-    std::string why;
-    try {
-      auto look = fleet_->look_for_slot(target_.name, deploy.fleet_lease);
-      const Fleet::Attempt attempt = co_await std::move(look);
-      note_etcd_trouble("");
-      if (attempt.free) co_return Gate::go;
-      why = "held by " + attempt.held_by;
-    } catch (const EtcdError& e) {
-      note_etcd_trouble(e.what());
-      why = "etcd unreachable, so no restart until it answers";
+    // The agent is watched meanwhile, so that an idle stretch that lasts through the wait counts
+    // toward the idle gate's quiet period when the gate is passed again.
+    const bool watch_agent = target_.idle && deploy.quiet;
+    if (watch_agent && Clock::now() >= next_idle_check) {
+      IdleAnswer answer = co_await actions_.idle();
+      deploy.quiet->observe(answer.state, Clock::now());
+      deploy.quiet_watched = Clock::now();
+      next_idle_check = Clock::now() + target_.idle->interval;
     }
-    if (why != last) {
-      log_claim(deploy);
-      spdlog::info("{}: waiting for a fleet slot in group {}: {}", target_.name, fleet.group, why);
-      enter(Phase::waiting_fleet, deploy.commit, "restart of " + short_sha(deploy.commit) + " waits: " + why);
-      last = why;
+    if (Clock::now() >= next_look) {
+      next_look = Clock::now() + kFleetPoll;
+      std::string why;
+      try {
+        auto look = fleet_->look_for_slot(target_.name, deploy.fleet_lease);
+        const Fleet::Attempt attempt = co_await std::move(look);
+        note_etcd_trouble("");
+        if (attempt.free) co_return Gate::go;
+        why = "held by " + attempt.held_by;
+      } catch (const EtcdError& e) {
+        note_etcd_trouble(e.what());
+        why = "etcd unreachable, so no restart until it answers";
+      }
+      if (why != last) {
+        log_claim(deploy);
+        spdlog::info("{}: waiting for a fleet slot in group {}: {}", target_.name, fleet.group, why);
+        enter(Phase::waiting_fleet, deploy.commit, "restart of " + short_sha(deploy.commit) + " waits: " + why);
+        last = why;
+      }
     }
-    co_await wait_for_poke(std::min(Clock::now() + kFleetPoll, next_probe_));
+    Clock::time_point until = std::min(next_look, next_probe_);
+    if (watch_agent) until = std::min(until, next_idle_check);
+    co_await wait_for_poke(until);
   }
 }
 

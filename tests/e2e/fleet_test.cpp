@@ -10,6 +10,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <fstream>
 #include <limits>
 #include <memory>
@@ -166,6 +167,14 @@ bool wait_until(const std::vector<DaemonProcess*>& daemons, std::chrono::millise
     std::this_thread::sleep_for(20ms);
   }
   return true;
+}
+
+/// When the daemon logged line `index`, from its "YYYY-MM-DD HH:MM:SS.mmm" prefix: ms since midnight.
+long long logged_ms(DaemonProcess& daemon, int index) {
+  const std::string& line = daemon.lines().at(static_cast<std::size_t>(index));
+  int h = 0, m = 0, sec = 0, ms = 0;
+  REQUIRE_MESSAGE(std::sscanf(line.c_str(), "%*d-%*d-%*d %d:%d:%d.%d", &h, &m, &sec, &ms) == 4, line);
+  return ((h * 60LL + m) * 60 + sec) * 1000 + ms;
 }
 
 /// The most restarts that ran at one moment; a restart still running counts to the end.
@@ -526,4 +535,42 @@ TEST_CASE("fleet: a failed commit not yet recorded when its sentinel is stopped 
   const std::string why(json_file(fleet.host(2).marker(".deploy-rejected")).at("reason").as_string());
   CHECK_MESSAGE(why.find("reverted on host host-1: ") != std::string::npos, why);
   CHECK(fleet.host(2).restarts().size() == 1);
+}
+
+TEST_CASE("fleet: a host whose agent stayed idle while it waited for the slot takes it without a second quiet "
+          "period") {
+  EtcdServer etcd;
+  Fleet fleet(etcd, {.group = "quiet-test"});
+  Production::Options watched;
+  watched.with_idle = true;
+  watched.quiet = "3s";
+  watched.restart_delay = "1";
+  for (int n = 1; n <= 2; ++n) fleet.add(watched);
+  fleet.share_history();
+  for (int n = 1; n <= 2; ++n) fleet.host(n).start_watching();
+  const std::string sha = fleet.commit_everywhere("healthy");
+  for (int n = 1; n <= 2; ++n) fleet.host(n).stage_by_rename();
+
+  const auto took = wait_for_each(fleet.daemons(), "took fleet slot 0", 1ms);  // nobody yet: both wait for quiet
+  CHECK(took[0] < 0);
+  CHECK(took[1] < 0);
+  int first = 0;
+  for (const auto deadline = Clock::now() + 15s; first == 0 && Clock::now() < deadline;) {
+    for (int n = 1; n <= 2 && first == 0; ++n) {
+      if (fleet.host(n).daemon().wait_for_line("took fleet slot 0", 20ms) >= 0) first = n;
+    }
+  }
+  REQUIRE(first != 0);
+  const int second = 3 - first;
+  REQUIRE(fleet.host(second).daemon().wait_for_line("waiting for a fleet slot in group quiet-test: held by", 10s) >= 0);
+  const int released = fleet.host(first).daemon().wait_for_line("released fleet slot 0", 15s);
+  REQUIRE(released >= 0);
+  const int taken = fleet.host(second).daemon().wait_for_line("took fleet slot 0", 15s);
+  REQUIRE(taken >= 0);
+  // By the daemons' own clocks: the test reads the two logs one after the other.
+  const long long handed_over = logged_ms(fleet.host(second).daemon(), taken) -
+                                logged_ms(fleet.host(first).daemon(), released);
+  MESSAGE("quiet = 3s: the idle host took the freed slot " << handed_over << " ms after it was released");
+  CHECK(handed_over < 2'000);
+  CHECK(fleet.host(second).daemon().wait_for_line("deployed " + short_sha(sha), 15s) >= 0);
 }
