@@ -1559,7 +1559,10 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
         const bool refused = co_await refused_by_fleet(deploy, false);
         if (refused) co_return;
       }
+      bool watched_meanwhile = false;  // the agent was watched since the last pass (a wait for a fleet slot)
       for (;;) {
+        if (!watched_meanwhile) deploy.quiet.reset();  // a quiet period counts only if watched throughout
+        watched_meanwhile = false;
         const Gate ahead = co_await wait_for_go_ahead(deploy);
         if (ahead == Gate::outage) {
           deploy.permit = co_await permit_without_lease();
@@ -1588,6 +1591,7 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
             deploy.permit = co_await permit_without_lease();
             break;
           }
+          watched_meanwhile = true;
           continue;
         }
         deploy.pause_lock.reset();
