@@ -1,8 +1,8 @@
 #include "cli.h"
-#include "fleet.h"
 
 #include "config.h"
 #include "daemon.h"
+#include "fleet.h"
 #include "git.h"
 #include "history.h"
 #include "lease.h"

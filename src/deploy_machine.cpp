@@ -1,6 +1,7 @@
 #include "deploy_machine.h"
-#include "fleet.h"
 
+#include "etcd.h"
+#include "fleet.h"
 #include "hooks.h"
 #include "lease.h"
 #include "listener.h"

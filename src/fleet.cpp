@@ -1,5 +1,6 @@
 #include "fleet.h"
 
+#include "etcd.h"
 #include "marker.h"
 
 #include <boost/asio/as_tuple.hpp>

@@ -11,7 +11,6 @@
 //                         {"host","target","running","result","commit","reason","at"}
 
 #include "config.h"
-#include "etcd.h"
 #include "state_store.h"
 
 #include <boost/asio/any_io_executor.hpp>
@@ -27,6 +26,8 @@
 #include <vector>
 
 namespace sentinel {
+
+class EtcdClient;
 
 /// Someone holding a restart slot, as its key says.
 struct SlotHolder {
