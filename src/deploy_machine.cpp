@@ -1652,7 +1652,7 @@ asio::awaitable<DeployMachine::Gate> DeployMachine::take_fleet_slot(Deploy& depl
     auto take = within(fleet_->try_take_slot(target_.name, deploy.commit, deploy.fleet_lease), kUnderLocks);
     attempt = co_await std::move(take);
   } catch (const EtcdError& e) {
-    fleet_->forget_untaken();  // a slot created for it after all is freed in the background
+    fleet_->forget_untaken(target_.name);  // a slot created for it after all is freed in the background
     note_etcd_trouble(e.what());
     co_return Gate::held;
   }

@@ -281,7 +281,7 @@ asio::awaitable<Fleet::Attempt> Fleet::try_take_slot(std::string target, std::st
   auto grant = client_->grant_lease(config_.lease_ttl);
   const auto granted = SteadyClock::now();
   const std::int64_t lease = co_await std::move(grant);
-  untaken_lease_ = lease;  // until a FleetSlot owns it, or it is revoked
+  untaken_[target] = lease;  // until a FleetSlot owns it, or it is revoked
   const json::object holder{{"host", config_.host},     {"target", target},
                             {"commit", commit},         {"since", now_utc()},
                             {"max_restarting", config_.max_restarting}};
@@ -289,7 +289,7 @@ asio::awaitable<Fleet::Attempt> Fleet::try_take_slot(std::string target, std::st
   // both take the last slot.
   auto create = client_->create(key("slot/" + std::to_string(index)), json::serialize(holder), lease);
   if (!co_await std::move(create)) {
-    untaken_lease_ = 0;
+    untaken_.erase(target);
     try {
       auto revoke = client_->revoke(lease);
       co_await std::move(revoke);
@@ -307,7 +307,7 @@ asio::awaitable<Fleet::Attempt> Fleet::try_take_slot(std::string target, std::st
       client_, lease, index, target, every, asio::steady_timer(executor_), granted + config_.lease_ttl, false, false,
       false});
   attempt.slot = std::make_unique<FleetSlot>(std::move(keeper));
-  untaken_lease_ = 0;
+  untaken_.erase(target);
   co_return attempt;
 }
 
@@ -384,8 +384,9 @@ void Fleet::release_later(std::unique_ptr<FleetSlot> slot) {
   asio::co_spawn(executor_, release(std::move(slot)), asio::detached);
 }
 
-void Fleet::forget_untaken() {
-  if (untaken_lease_ == 0) return;
+void Fleet::forget_untaken(const std::string& target) {
+  const auto granted = untaken_.find(target);
+  if (granted == untaken_.end()) return;
   auto revoke = [](std::shared_ptr<EtcdClient> client, std::int64_t lease) -> asio::awaitable<void> {
     try {
       auto call = client->revoke(lease);
@@ -394,8 +395,8 @@ void Fleet::forget_untaken() {
       // It runs out by itself.
     }
   };
-  asio::co_spawn(executor_, revoke(client_, untaken_lease_), asio::detached);
-  untaken_lease_ = 0;
+  asio::co_spawn(executor_, revoke(client_, granted->second), asio::detached);
+  untaken_.erase(granted);
 }
 
 void Fleet::publish(const std::string& target, const Outcome& outcome, const std::string& running) {

@@ -107,8 +107,9 @@ class Fleet {
                              std::unique_ptr<FleetSlot> slot, std::filesystem::path pending);
   /// Releases `slot` in the background (for a caller that holds locks others wait for).
   void release_later(std::unique_ptr<FleetSlot> slot);
-  /// After a take cut off by a timeout: revokes the lease it granted, if the slot never reached the caller.
-  void forget_untaken();
+  /// After `target`'s take was cut off by a timeout: revokes the lease it granted, if the slot never
+  /// reached the caller.
+  void forget_untaken(const std::string& target);
   /// Records a target's outcome and the commit production runs since (`running`, its known-good)
   /// as this host's latest, in the background, one write at a time per target (a newer outcome
   /// replaces one not yet written); a failure is logged and the next outcome writes it again.
@@ -128,7 +129,7 @@ class Fleet {
   /// The slots as etcd holds them, after freeing one held under `stale_lease`.
   boost::asio::awaitable<Attempt> look(const std::string& target, std::int64_t stale_lease, int& free_index);
   struct Outbox;
-  std::int64_t untaken_lease_ = 0;  // granted by the take under way, not yet in a FleetSlot
+  std::map<std::string, std::int64_t> untaken_;  // per target: granted by its take under way, not yet in a FleetSlot
   const FleetConfig& config_;
   boost::asio::any_io_executor executor_;
   std::shared_ptr<EtcdClient> client_;
