@@ -1526,13 +1526,9 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
           now = co_await take_fleet_slot(deploy);
         }
         if (now == Gate::go) break;
-        deploy.permit = {};
-        if (now == Gate::over) co_return;
-        const Gate freed = co_await wait_for_fleet_slot(deploy);
-        if (freed == Gate::outage) {
-          deploy.permit = co_await permit_without_lease();
-          break;
-        }
+        const Gate next = co_await wait_after_no_slot(deploy, now);
+        if (next == Gate::over) co_return;
+        if (next == Gate::outage) break;
       }
       const std::string interrupted = deploy.commit;
       HeadCommit head = co_await actions_.head();
@@ -1583,15 +1579,10 @@ asio::awaitable<void> DeployMachine::carry_out(Deploy& deploy) {
           // through a wait (a pause, a window, an agent's cycle) while other hosts wait for it.
           const Gate now = co_await take_fleet_slot(deploy);
           if (now == Gate::go) break;
-          deploy.pause_lock.reset();
-          deploy.permit = {};
-          if (now == Gate::over) co_return;
           // None is free: `hold` and `pause` go on while this waits; then through the gates again.
-          const Gate freed = co_await wait_for_fleet_slot(deploy);
-          if (freed == Gate::outage) {
-            deploy.permit = co_await permit_without_lease();
-            break;
-          }
+          const Gate next = co_await wait_after_no_slot(deploy, now);
+          if (next == Gate::over) co_return;
+          if (next == Gate::outage) break;
           watched_meanwhile = true;
           continue;
         }
@@ -1752,6 +1743,16 @@ asio::awaitable<DeployMachine::Gate> DeployMachine::wait_for_fleet_slot(Deploy& 
     if (watch_agent) until = std::min(until, next_idle_check);
     co_await wait_for_poke(until);
   }
+}
+
+asio::awaitable<DeployMachine::Gate> DeployMachine::wait_after_no_slot(Deploy& deploy, Gate now) {
+  deploy.pause_lock.reset();
+  deploy.permit = {};
+  if (now == Gate::over) co_return Gate::over;
+  const Gate freed = co_await wait_for_fleet_slot(deploy);
+  if (freed != Gate::outage) co_return Gate::held;
+  deploy.permit = co_await permit_without_lease();
+  co_return Gate::outage;
 }
 
 asio::awaitable<void> DeployMachine::adopt_fleet_slot(Deploy& deploy) {

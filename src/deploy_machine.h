@@ -225,6 +225,10 @@ class DeployMachine {
   /// [fleet]: waits, holding no lock, until a slot looks free (`go`) or production is down (`outage`);
   /// while etcd does not answer, nothing looks free, so no restart happens.
   boost::asio::awaitable<Gate> wait_for_fleet_slot(Deploy& deploy);
+  /// [fleet]: after a try for a slot that gave none (`now`: `held` or `over`), lets the locks go and,
+  /// unless the deploy is over, waits until a slot looks free (`held`: pass the gates again) or
+  /// production is down (`outage`, with the permit a down production's restart takes).
+  boost::asio::awaitable<Gate> wait_after_no_slot(Deploy& deploy, Gate now);
   /// [fleet]: the slot a stopped run held for this deploy (its record names the lease), taken
   /// over if its lease still lives.
   boost::asio::awaitable<void> adopt_fleet_slot(Deploy& deploy);

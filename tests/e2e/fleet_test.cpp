@@ -102,6 +102,7 @@ class Fleet {
     return all;
   }
   fs::path trace() const { return shared_ / "restarts.trace"; }
+  const std::string& group() const { return settings_.group; }
   std::string slot_prefix() const { return "deploy-sentinel/" + settings_.group + "/slot/"; }
   std::string bad_prefix() const { return "deploy-sentinel/" + settings_.group + "/bad/"; }
 
@@ -468,10 +469,12 @@ TEST_CASE("fleet: a sentinel started again after kill -9 in the middle of its re
   CHECK(host_2_began > host_1_done);
 }
 
-TEST_CASE("fleet: a failed commit that cannot be recorded because etcd is down keeps the slot until it is, so no "
-          "other host deploys it meanwhile") {
-  EtcdServer etcd;
-  Fleet fleet(etcd, {.group = "record-test"});
+namespace {
+
+/// Two hosts share one history; an unhealthy commit is staged on both, host-1 takes the slot and
+/// reverts it (slowly: its build takes 2 s), host-2 waits for the slot; etcd is stopped during
+/// host-1's revert. Returns the commit.
+std::string fail_on_host_1_then_stop_etcd(EtcdServer& etcd, Fleet& fleet) {
   Production::Options reverting_slowly;
   reverting_slowly.deadline = "1s";
   reverting_slowly.with_build = true;
@@ -484,10 +487,29 @@ TEST_CASE("fleet: a failed commit that cannot be recorded because etcd is down k
   fleet.host(1).stage_by_rename();
   REQUIRE(first.wait_for_line("took fleet slot 0", 10s) >= 0);
   fleet.host(2).stage_by_rename();
-  REQUIRE(second.wait_for_line("waiting for a fleet slot in group record-test: held by host-1", 10s) >= 0);
+  REQUIRE(second.wait_for_line("waiting for a fleet slot in group " + fleet.group() + ": held by host-1", 10s) >= 0);
   REQUIRE(first.wait_for_line("rebuilding", 15s) >= 0);
-
   etcd.stop();
+  return bad;
+}
+
+/// host-2 refused the commit host-1 reverted, naming host-1, and never ran it (reading host-1's
+/// log as well, through `first`).
+void check_host_2_refused(Fleet& fleet, DaemonProcess& first) {
+  REQUIRE(wait_until({&first, &fleet.host(2).daemon()}, 20s, [&] { return fleet.host(2).has(".deploy-rejected"); }));
+  const std::string why(json_file(fleet.host(2).marker(".deploy-rejected")).at("reason").as_string());
+  CHECK_MESSAGE(why.find("reverted on host host-1: ") != std::string::npos, why);
+  CHECK(fleet.host(2).restarts().size() == 1);  // production's own start only: the bad commit never ran there
+}
+
+}  // namespace
+
+TEST_CASE("fleet: a failed commit that cannot be recorded because etcd is down keeps the slot until it is, so no "
+          "other host deploys it meanwhile") {
+  EtcdServer etcd;
+  Fleet fleet(etcd, {.group = "record-test"});
+  const std::string bad = fail_on_host_1_then_stop_etcd(etcd, fleet);
+  auto& first = fleet.host(1).daemon();
   REQUIRE(first.wait_for_line("reverted " + short_sha(bad), 15s) >= 0);
   const int unrecorded = first.wait_for_line("cannot record " + short_sha(bad) + " as bad for group record-test", 10s);
   REQUIRE(unrecorded >= 0);
@@ -496,30 +518,14 @@ TEST_CASE("fleet: a failed commit that cannot be recorded because etcd is down k
                                            unrecorded);
   REQUIRE(recorded >= 0);
   CHECK(first.wait_for_line("released fleet slot 0", 5s, recorded) >= 0);
-  REQUIRE(wait_until({&first, &second}, 20s, [&] { return fleet.host(2).has(".deploy-rejected"); }));
-  const std::string why(json_file(fleet.host(2).marker(".deploy-rejected")).at("reason").as_string());
-  CHECK_MESSAGE(why.find("reverted on host host-1: ") != std::string::npos, why);
-  CHECK(fleet.host(2).restarts().size() == 1);  // production's own start only: the bad commit never ran there
+  check_host_2_refused(fleet, first);
 }
 
 TEST_CASE("fleet: a failed commit not yet recorded when its sentinel is stopped is recorded at the next start") {
   EtcdServer etcd;
   Fleet fleet(etcd, {.group = "restart-record-test"});
-  Production::Options reverting_slowly;
-  reverting_slowly.deadline = "1s";
-  reverting_slowly.with_build = true;
-  reverting_slowly.build_delay = "2";
-  for (int n = 1; n <= 2; ++n) fleet.add(reverting_slowly);
-  fleet.share_history();
-  auto& first = fleet.host(1).start_watching();
-  auto& second = fleet.host(2).start_watching();
-  const std::string bad = fleet.commit_everywhere("unhealthy");
-  fleet.host(1).stage_by_rename();
-  REQUIRE(first.wait_for_line("took fleet slot 0", 10s) >= 0);
-  fleet.host(2).stage_by_rename();
-  REQUIRE(second.wait_for_line("waiting for a fleet slot in group restart-record-test: held by host-1", 10s) >= 0);
-  REQUIRE(first.wait_for_line("rebuilding", 15s) >= 0);
-  etcd.stop();
+  const std::string bad = fail_on_host_1_then_stop_etcd(etcd, fleet);
+  auto& first = fleet.host(1).daemon();
   REQUIRE(first.wait_for_line("cannot record " + short_sha(bad) + " as bad for group restart-record-test", 15s) >= 0);
   const fs::path pending = fleet.host(1).state / "targets" / "prod" / "fleet-bad-pending.json";
   CHECK(fs::exists(pending));
@@ -531,10 +537,7 @@ TEST_CASE("fleet: a failed commit not yet recorded when its sentinel is stopped 
   etcd.start();
   REQUIRE(again.wait_for_line("recorded the failed commit for the group now that etcd answers", 15s) >= 0);
   CHECK_FALSE(fs::exists(pending));
-  REQUIRE(wait_until({&again, &second}, 20s, [&] { return fleet.host(2).has(".deploy-rejected"); }));
-  const std::string why(json_file(fleet.host(2).marker(".deploy-rejected")).at("reason").as_string());
-  CHECK_MESSAGE(why.find("reverted on host host-1: ") != std::string::npos, why);
-  CHECK(fleet.host(2).restarts().size() == 1);
+  check_host_2_refused(fleet, again);
 }
 
 TEST_CASE("fleet: a host whose agent stayed idle while it waited for the slot takes it without a second quiet "
